@@ -1,0 +1,37 @@
+"""Task registry: ``make_task(name)`` builds one of the paper's five tasks behind the ``Task`` interface."""
+from __future__ import annotations
+
+from relam.envs.base import CameraSpec, Task, TaskSpec  # noqa: F401
+from relam.envs.camera import CameraParams  # noqa: F401
+
+METAWORLD_TASKS = ("drawer-open", "door-open", "button-press-wall")
+MANISKILL_TASKS = ("PushCube", "PickCube")
+TASKS = METAWORLD_TASKS + MANISKILL_TASKS
+
+
+def check_task_name(name: str) -> str:
+    if name not in TASKS:
+        import difflib
+        close = difflib.get_close_matches(name, TASKS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(TASKS)}")
+    return name
+
+
+def task_spec(name: str) -> TaskSpec:
+    check_task_name(name)
+    if name in METAWORLD_TASKS:
+        from relam.envs.metaworld_tasks import METAWORLD_SPECS
+        return METAWORLD_SPECS[name]
+    from relam.envs.maniskill_tasks import MANISKILL_SPECS
+    return MANISKILL_SPECS[name]
+
+
+def make_task(name: str, image_size: int = 128, camera: CameraSpec | None = None, **kwargs) -> Task:
+    """Build a task. ``camera`` overrides the task's default fixed camera."""
+    check_task_name(name)
+    if name in METAWORLD_TASKS:
+        from relam.envs.metaworld_tasks import MetaWorldTask
+        return MetaWorldTask(name, image_size=image_size, camera=camera, **kwargs)
+    from relam.envs.maniskill_tasks import ManiSkillTask
+    return ManiSkillTask(name, image_size=image_size, camera=camera, **kwargs)

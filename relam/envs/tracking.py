@@ -1,0 +1,46 @@
+"""Ground-truth point tracker for simulated scenes.
+
+A query pixel on frame 0 is lifted to 3-D with the depth under it, attached to the body that the
+segmentation shows there (in that body's local frame), and re-projected at any later state from the
+body's pose. It needs no rendering after frame 0, so it costs microseconds per step. Points on the
+static background (body slot 0, identity pose) stay put; points may leave the image and are never
+clipped. The same code serves live episodes (poses read from the simulator) and recorded demos
+(poses stored per frame in the simulator ground-truth file).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from relam.envs.camera import CameraParams, quat_wxyz_to_matrix
+
+
+class GroundTruthTracker:
+    def __init__(self, query_uv, depth0, seg0, camera: CameraParams, poses0):
+        """query_uv (N, 2) pixels on frame 0; depth0 (H, W) camera z in metres; seg0 (H, W) body slots;
+        poses0 (B, 7) body poses (x, y, z, qw, qx, qy, qz) at frame 0."""
+        uv = np.asarray(query_uv, dtype=np.float64).reshape(-1, 2)
+        if not np.all(np.isfinite(uv)):
+            raise ValueError("query points contain NaN/inf; pass finite pixel coordinates on frame 0")
+        h, w = seg0.shape
+        cols = np.clip(np.floor(uv[:, 0]).astype(int), 0, w - 1)
+        rows = np.clip(np.floor(uv[:, 1]).astype(int), 0, h - 1)
+        self.camera = camera
+        self.body = np.asarray(seg0[rows, cols], dtype=np.int64)
+        world = camera.backproject(uv, np.asarray(depth0, np.float64)[rows, cols])
+        pos, rot = _split(np.asarray(poses0)[self.body])
+        # local = R^T (P - p), written per point
+        self.local = np.einsum("nji,nj->ni", rot, world - pos)
+
+    def world_points(self, poses) -> np.ndarray:
+        """Poses (..., B, 7) -> tracked 3-D points (..., N, 3)."""
+        pos, rot = _split(np.asarray(poses)[..., self.body, :])
+        return np.einsum("...nij,nj->...ni", rot, self.local) + pos
+
+    def track(self, poses) -> np.ndarray:
+        """Poses (B, 7) or a sequence (T, B, 7) -> pixel coordinates (N, 2) or (T, N, 2)."""
+        uv, _ = self.camera.project(self.world_points(poses))
+        return uv
+
+
+def _split(poses: np.ndarray):
+    return poses[..., :3], quat_wxyz_to_matrix(poses[..., 3:7])
