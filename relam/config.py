@@ -1,0 +1,135 @@
+"""Typed configuration, one dataclass per pipeline stage, and profiles as small YAML overrides.
+
+Defaults live here (documented per field); ``configs/<profile>.yaml`` only overrides what differs.
+``load_config("cpu", {"demos": {"n_demos": 5}})`` applies the profile and then explicit overrides.
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relam.envs import TASKS, check_task_name
+from relam.platform import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+@dataclass
+class EnvConfig:
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """Tasks this profile runs (subset of the paper's five)."""
+    image_size: int = 128
+    """Stored frame size in pixels (square). SPEC §9: 128; the encoder resizes to 224."""
+
+
+@dataclass
+class DemoConfig:
+    n_demos: int = 100
+    """Action-free demo videos per task (paper: 100)."""
+    extra_frames_after_success: int = 10
+    """Frames recorded after the simulator's first success, so the last keyframe shows the task done (SPEC §5)."""
+    seed_offset: int = 0
+    """Demo attempt i uses reset seed ``seed_offset + i``; evaluation seeds live far away (1_000_000+)."""
+    max_attempts_factor: float = 2.0
+    """Give up (clear error) after ``n_demos * factor`` attempts if the expert keeps failing."""
+
+
+@dataclass
+class NoiseConfig:
+    """Action noise for the 'noisy' half of the offline control dataset (see relam.envs.maniskill_tasks)."""
+    scheme: str = "default"
+    """Name of the noise scheme; 'default' = the one measured to keep successes on both cube tasks."""
+    params: dict = field(default_factory=dict)
+    """Overrides for the scheme's parameters (fields of ``NoiseParams``)."""
+
+
+@dataclass
+class OfflineDataConfig:
+    tasks: list[str] = field(default_factory=lambda: ["PushCube", "PickCube"])
+    """Tasks that get an offline control dataset (ManiSkill, SPEC §7)."""
+    n_expert: int = 100
+    """Expert trajectories with actions (paper: 100)."""
+    n_noisy: int = 100
+    """Trajectories of the expert with action noise (paper: 100)."""
+    seed_offset: int = 500_000
+    """Reset seeds of the offline dataset start here (disjoint from demo and evaluation seeds)."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass
+class Config:
+    profile: str = "cpu"
+    """Profile name; results go to ``results/<profile>/`` unless ``results_dir`` is set."""
+    seed: int = 0
+    """Global seed for anything random that has no seed of its own."""
+    results_dir: str = ""
+    """Where this profile's outputs go; empty = ``<repo>/results/<profile>``."""
+    torch_threads: int = 1
+    """torch.set_num_threads in training loops: 2 threads under load were 10-20x slower (PLATFORM.md)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
+    offline: OfflineDataConfig = field(default_factory=OfflineDataConfig)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.results_dir) if self.results_dir else REPO_ROOT / "results" / self.profile
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _merge(obj, overrides: dict, where: str):
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(overrides).__name__}")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {where + key!r}; valid keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{where}{key}.")
+        else:
+            setattr(obj, key, value)
+    return obj
+
+
+def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown profile {profile!r}: no {path}. Available profiles: "
+                          f"{', '.join(available_profiles())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    cfg = _merge(Config(profile=profile), data, "")
+    cfg.profile = profile
+    if overrides:
+        _merge(cfg, overrides, "")
+    env_override = os.environ.get("RELAM_RESULTS_DIR")
+    if env_override and not cfg.results_dir:
+        cfg.results_dir = env_override
+    for t in list(cfg.env.tasks) + list(cfg.offline.tasks):
+        check_task_name(t)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from relam.io import atomic_write_text
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    return _merge(Config(), d, "")
