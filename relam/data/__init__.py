@@ -1,0 +1,1 @@
+"""Datasets: expert demo videos and offline control datasets (HDF5), written atomically."""
