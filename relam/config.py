@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from relam.envs import TASKS, check_task_name
+from relam.perception.keyframes import KeyframeConfig
+from relam.perception.keypoints import KeypointConfig
 from relam.platform import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -57,6 +59,20 @@ class OfflineDataConfig:
 
 
 @dataclass
+class PerceptionConfig:
+    segmenter: str = "sim"
+    """Frame-0 segmenter backend: 'sim' (ground truth, offline default) or 'sam3'."""
+    segmenter_kwargs: dict = field(default_factory=dict)
+    """Passed to the segmenter, e.g. {'model': '/path/to/sam3'}."""
+    tracker: str = "sim"
+    """Point tracker backend: 'sim' (ground truth, default in simulation), 'lk' or 'cotracker'."""
+    tracker_kwargs: dict = field(default_factory=dict)
+    """Passed to the tracker, e.g. {'checkpoint': '/path/to/scaled_offline.pth'}."""
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+
+
+@dataclass
 class Config:
     profile: str = "cpu"
     """Profile name; results go to ``results/<profile>/`` unless ``results_dir`` is set."""
@@ -69,6 +85,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     demos: DemoConfig = field(default_factory=DemoConfig)
     offline: OfflineDataConfig = field(default_factory=OfflineDataConfig)
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
 
     @property
     def out(self) -> Path:

@@ -1,0 +1,128 @@
+"""Keypoint selection (paper Eq. 1, App. A.1; SPEC §2).
+
+masks on frame 0 -> window filter (w x w square inside the mask = binary erosion) -> track candidates ->
+motion filter (max_t |T(p,t) - T(p,0)| > eps) -> farthest point sampling per prompt, with quotas (the robot
+gets K - floor(K/4), the object floor(K/4)) and a deterministic start (the candidate with the largest motion
+range), so the ORDER of keypoints means the same thing across demos: the anticipation model relies on it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from relam.perception.base import PerceptionError
+
+
+@dataclass
+class KeypointConfig:
+    num_keypoints: int = 4
+    """K (paper: 4; ablation 4, 8, 12)."""
+    window: int = 5
+    """w of the window filter at 128 px (ours): a pixel is kept only if its w x w square lies in the mask."""
+    motion_eps: float = 0.03
+    """Motion filter threshold as a fraction of the image size (ours: 0.03 -> 3.84 px at 128 px)."""
+    object_share: float = 0.25
+    """Each non-robot prompt gets floor(K * share) keypoints, the robot (first prompt) the rest."""
+    candidate_stride: int = 2
+    """Track every stride-th pixel (in both axes) of the filtered masks: same spread, 1/stride^2 the cost."""
+
+
+@dataclass
+class Keypoints:
+    points: np.ndarray        # (K, 2) pixel coordinates on frame 0
+    tracks: np.ndarray        # (T, K, 2) pixel coordinates (may leave the image)
+    visible: np.ndarray       # (T, K)
+    prompt_index: np.ndarray  # (K,) index into prompts
+    prompts: list
+    candidates: dict          # prompt -> (N, 2) frame-0 pixels that survived both filters (for plots)
+
+
+def window_filter(mask: np.ndarray, window: int) -> np.ndarray:
+    """Pixels whose whole ``window`` x ``window`` square lies inside ``mask`` (outside the image = outside)."""
+    if window <= 1:
+        return np.asarray(mask, bool).copy()
+    return ndimage.binary_erosion(mask, structure=np.ones((window, window), bool), border_value=0)
+
+
+def motion_range(tracks: np.ndarray) -> np.ndarray:
+    """(T, N, 2) -> (N,) max_t |T(p, t) - T(p, 0)|."""
+    return np.linalg.norm(tracks - tracks[:1], axis=-1).max(axis=0)
+
+
+def farthest_point_sampling(points: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """Indices of ``k`` points chosen greedily, each the farthest from those already chosen."""
+    points = np.asarray(points, np.float64)
+    if k > len(points):
+        raise ValueError(f"cannot sample {k} points from {len(points)}")
+    chosen = [int(start)]
+    dist = np.linalg.norm(points - points[start], axis=1)
+    for _ in range(k - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
+    return np.asarray(chosen)
+
+
+def quotas(prompts, k: int, object_share: float) -> list[int]:
+    others = [int(np.floor(k * object_share))] * (len(prompts) - 1)
+    return [k - sum(others)] + others
+
+
+def candidate_pixels(mask: np.ndarray, window: int, stride: int) -> np.ndarray:
+    keep = window_filter(mask, window)
+    grid = np.zeros_like(keep)
+    grid[::stride, ::stride] = True
+    rows, cols = np.nonzero(keep & grid)
+    return np.stack([cols + 0.5, rows + 0.5], axis=1)
+
+
+def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfig = KeypointConfig(),
+                     task: str = "?") -> Keypoints:
+    """Choose K keypoints on frame 0 of ``video`` from the prompt masks (dict ordered robot first) and
+    return them with their tracks. Raises PerceptionError on empty masks, too few candidates or NaN tracks."""
+    prompts = list(masks)
+    size = video.shape[1]
+    per_prompt = []
+    for p in prompts:
+        if not np.any(masks[p]):
+            raise PerceptionError(f"task {task!r}: the mask for prompt {p!r} is empty on frame 0; check the "
+                                  "prompt text, the camera (is the object in view?) or the segmenter backend")
+        cands = candidate_pixels(masks[p], cfg.window, cfg.candidate_stride)
+        per_prompt.append(cands)
+    want = quotas(prompts, cfg.num_keypoints, cfg.object_share)
+    for p, cands, q in zip(prompts, per_prompt, want):
+        if len(cands) < q:
+            raise PerceptionError(
+                f"task {task!r}: prompt {p!r} has {len(cands)} candidate pixels after the {cfg.window}x{cfg.window} "
+                f"window filter but needs {q}; use a smaller window, candidate_stride or num_keypoints")
+    all_q = np.concatenate(per_prompt)
+    tracks, visible = tracker(video, all_q)
+    tracks = np.asarray(tracks, np.float64)
+    bad = ~np.isfinite(tracks).all(axis=(0, 2))
+    if bad.any():
+        raise PerceptionError(f"task {task!r}: the tracker returned NaN/inf for {int(bad.sum())} of {len(all_q)} "
+                              "query points; check the tracker backend (sim needs matching ground truth)")
+    rng = motion_range(tracks)
+    eps = cfg.motion_eps * size
+    chosen, prompt_index, survivors = [], [], {}
+    offset = 0
+    for i, (p, cands, q) in enumerate(zip(prompts, per_prompt, want)):
+        idx = np.arange(offset, offset + len(cands))
+        offset += len(cands)
+        moving = idx[rng[idx] > eps]
+        survivors[p] = all_q[moving]
+        if len(moving) < q:
+            raise PerceptionError(
+                f"task {task!r}: only {len(moving)} pixels of prompt {p!r} move more than {eps:.1f} px "
+                f"(motion_eps={cfg.motion_eps}) but {q} keypoints are needed; lower motion_eps or check the tracks")
+        if q == 0:
+            continue
+        start = int(np.argmax(rng[moving]))  # deterministic start: the most-moving candidate
+        pick = moving[farthest_point_sampling(all_q[moving], q, start)]
+        chosen.extend(pick)
+        prompt_index.extend([i] * q)
+    chosen = np.asarray(chosen)
+    return Keypoints(points=all_q[chosen], tracks=tracks[:, chosen], visible=np.asarray(visible)[:, chosen],
+                     prompt_index=np.asarray(prompt_index), prompts=prompts, candidates=survivors)

@@ -1,0 +1,130 @@
+"""The subgoal dataset (SPEC §3): per demo, the first frame, the keyframe indices and the keypoint subgoals
+x^0 ... x^M (K x 2 each, coordinates normalised by the image size; values outside [0, 1] allowed), plus one
+task-indication frame per task (ours: the last frame of the task's first demo, i.e. the task done).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from relam.data.store import EpisodeSet, open_h5
+from relam.io import atomic_path
+from relam.perception.base import PerceptionError
+from relam.perception.keyframes import KeyframeConfig, select_keyframes
+from relam.perception.keypoints import KeypointConfig, Keypoints, select_keypoints
+
+
+@dataclass
+class DemoSubgoals:
+    keypoints: Keypoints
+    keyframes: np.ndarray     # (M+1,) frame indices, keyframes[0] == 0, keyframes[-1] == T-1
+    subgoals: np.ndarray      # (M+1, K, 2) normalised
+
+    @property
+    def num_subgoals(self) -> int:
+        return len(self.keyframes) - 1
+
+
+def extract_demo(video: np.ndarray, masks: dict, tracker, suite: str, kp: KeypointConfig = KeypointConfig(),
+                 kf: KeyframeConfig = KeyframeConfig(), task: str = "?") -> DemoSubgoals:
+    keypoints = select_keypoints(video, masks, tracker, kp, task=task)
+    dmin, dmax = kf.gaps(suite)
+    keys = select_keyframes(keypoints.tracks, dmin, dmax, kf.step, kf.motion_floor)
+    size = video.shape[1]
+    return DemoSubgoals(keypoints, keys, keypoints.tracks[keys] / size)
+
+
+def subgoal_path(out: Path, task: str) -> Path:
+    return Path(out) / "subgoals" / f"{task}.h5"
+
+
+def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
+    """Extract keypoints/keyframes from every demo of ``task`` with the configured backends; skip if done."""
+    from relam.data.demos import demo_path
+    from relam.envs import task_spec
+    from relam.perception.base import make_segmenter, make_tracker
+    from relam.perception.segmenters import SimSegmenter
+    from relam.perception.trackers import SimTracker
+
+    pc = cfg.perception
+    path = subgoal_path(cfg.out, task)
+    settings = json.loads(json.dumps({"task": task, "segmenter": pc.segmenter, "tracker": pc.tracker,
+                                      "keypoints": asdict(pc.keypoints), "keyframes": asdict(pc.keyframes),
+                                      "n_demos": cfg.demos.n_demos}))
+    if path.exists():
+        try:
+            with open_h5(path) as f:
+                if json.loads(f.attrs["settings"]) == settings:
+                    return {"task": task, "path": str(path), "skipped": True, **json.loads(f.attrs["summary"])}
+        except Exception:
+            pass  # incomplete/corrupt/old: rebuild atomically below
+    spec = task_spec(task)
+    t0 = time.perf_counter()
+    results, seeds = [], []
+    with EpisodeSet(demo_path(cfg, task)) as ds:
+        task_frame = ds[0].frames[-1]
+        for i in tqdm(range(len(ds)), desc=f"subgoals {task}", disable=not progress, unit="demo"):
+            video = ds[i].frames
+            gt = ds.groundtruth(i) if "sim" in (pc.segmenter, pc.tracker) else None
+            segmenter = SimSegmenter.from_groundtruth(gt, spec.prompts) if pc.segmenter == "sim" \
+                else make_segmenter(pc.segmenter, **pc.segmenter_kwargs)
+            tracker = SimTracker.from_groundtruth(gt) if pc.tracker == "sim" \
+                else make_tracker(pc.tracker, **pc.tracker_kwargs)
+            masks = segmenter(video[0], list(spec.prompts))
+            results.append(extract_demo(video, masks, tracker, spec.suite, pc.keypoints, pc.keyframes, task))
+            seeds.append(ds[i].seed)
+        first_frames = np.stack([ds.first_frame(i) for i in range(len(ds))])
+    n_sub = np.array([r.num_subgoals for r in results])
+    summary = {"demos": len(results), "subgoals_mean": float(n_sub.mean()), "subgoals_min": int(n_sub.min()),
+               "subgoals_max": int(n_sub.max()), "seconds": round(time.perf_counter() - t0, 2)}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["settings"] = json.dumps(settings)
+        f.attrs["summary"] = json.dumps(summary)
+        f.attrs["prompts"] = json.dumps(list(spec.prompts))
+        f.attrs["image_size"] = cfg.env.image_size
+        f.attrs["num_keypoints"] = pc.keypoints.num_keypoints
+        f.create_dataset("task_frame", data=task_frame)
+        f.create_dataset("first_frames", data=first_frames, compression="gzip", compression_opts=1)
+        f.create_dataset("keypoint_prompt", data=results[0].keypoints.prompt_index)
+        for i, r in enumerate(results):
+            g = f.create_group(f"demo_{i:05d}")
+            g.attrs["seed"] = seeds[i]
+            g.create_dataset("keyframes", data=r.keyframes)
+            g.create_dataset("subgoals", data=r.subgoals.astype(np.float32))
+            g.create_dataset("tracks", data=(r.keypoints.tracks / cfg.env.image_size).astype(np.float32))
+        f.attrs["complete"] = True
+    return {"task": task, "path": str(path), "skipped": False, **summary}
+
+
+@dataclass
+class SubgoalDataset:
+    """In-memory subgoal dataset of one task (what the anticipation model trains on)."""
+    task: str
+    first_frames: np.ndarray          # (N, H, W, 3) uint8
+    task_frame: np.ndarray            # (H, W, 3) uint8
+    subgoals: list                    # N arrays (M_n + 1, K, 2), normalised
+    keyframes: list                   # N arrays (M_n + 1,)
+    tracks: list                      # N arrays (T_n, K, 2), normalised
+    seeds: np.ndarray
+    prompts: list
+    num_keypoints: int
+
+    @classmethod
+    def load(cls, path: Path | str, task: str | None = None) -> "SubgoalDataset":
+        hint = "rerun notebooks/03_keyframes.ipynb (or ./run_all.sh)"
+        with open_h5(path, hint) as f:
+            names = sorted(k for k in f.keys() if k.startswith("demo_"))
+            if not names:
+                raise PerceptionError(f"{path} holds no demos; {hint}")
+            return cls(
+                task=task or Path(path).stem,
+                first_frames=f["first_frames"][()], task_frame=f["task_frame"][()],
+                subgoals=[f[n]["subgoals"][()] for n in names], keyframes=[f[n]["keyframes"][()] for n in names],
+                tracks=[f[n]["tracks"][()] for n in names], seeds=np.array([f[n].attrs["seed"] for n in names]),
+                prompts=json.loads(f.attrs["prompts"]), num_keypoints=int(f.attrs["num_keypoints"]))

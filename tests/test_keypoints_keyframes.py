@@ -1,0 +1,157 @@
+"""Keypoint selection (SPEC §2) and keyframe selection (SPEC §3) on synthetic inputs."""
+import numpy as np
+import pytest
+
+from relam.perception.base import PerceptionError
+from relam.perception.keyframes import select_keyframes
+from relam.perception.keypoints import (KeypointConfig, farthest_point_sampling, quotas, select_keypoints,
+                                        window_filter)
+
+
+def _min_pairwise(p):
+    d = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    return d[np.triu_indices(len(p), 1)].min()
+
+
+def test_fps_spreads_points_better_than_random():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, (500, 2))
+    fps = pts[farthest_point_sampling(pts, 8, start=0)]
+    rand = [_min_pairwise(pts[rng.choice(500, 8, replace=False)]) for _ in range(200)]
+    assert _min_pairwise(fps) > np.percentile(rand, 95)
+
+
+def test_fps_is_exact_on_a_simple_case():
+    pts = np.array([[0, 0], [1, 0], [10, 0], [5, 0], [10, 10]], float)
+    assert farthest_point_sampling(pts, 3, start=0).tolist() == [0, 4, 2]
+
+
+def test_window_filter_drops_borders_and_isolated_pixels():
+    mask = np.zeros((20, 20), bool)
+    mask[5:12, 5:12] = True        # 7x7 square: only its 3x3 centre survives a 5x5 window
+    mask[2, 17] = True             # isolated pixel
+    mask[16:20, 0:5] = True        # block touching the image border: outside the image counts as outside
+    kept = window_filter(mask, 5)
+    assert kept.sum() == 9 and kept[7:10, 7:10].all()
+    assert not kept[2, 17] and not kept[15:, :5].any()
+    assert not (kept & ~mask).any()
+
+
+def _synthetic_scene(shift=0.0, noise=0.0, seed=0):
+    """Two 'objects' in a 64x64 video: the robot block rotates about a pivot (so motion range grows with
+    the distance to it), the object block swings later; a static block belongs to the object prompt
+    but never moves."""
+    T, H = 30, 64
+    rng = np.random.default_rng(seed)
+    robot = np.zeros((H, H), bool)
+    robot[10:30, 8:20] = True      # an L shape: no symmetric ties for FPS
+    robot[10:16, 20:34] = True
+    obj = np.zeros((H, H), bool)
+    obj[40:52, 40:52] = True
+    obj[40:52, 5:15] = True        # static part of the object mask
+
+    def tracker(video, q):
+        t = np.arange(T)[:, None]
+        moving_robot = (q[:, 1] < 32) & (q[:, 0] < 36)
+        moving_obj = (q[:, 1] >= 38) & (q[:, 0] > 35)
+        disp = np.zeros((T, len(q), 2))
+        ang = np.minimum(t, 15) / 15 * 0.5 + shift           # (T, 1)
+        rel = q[moving_robot] - np.array([8.0, 10.0])
+        c, s_ = np.cos(ang), np.sin(ang)
+        rot = np.stack([c * rel[:, 0] - s_ * rel[:, 1], s_ * rel[:, 0] + c * rel[:, 1]], -1)
+        disp[:, moving_robot] = rot - rel
+        ang_o = np.maximum(t - 15, 0) / 15 * 0.4                # the object swings about a hinge too
+        rel_o = q[moving_obj] - np.array([38.0, 38.0])
+        c, s_ = np.cos(ang_o), np.sin(ang_o)
+        disp[:, moving_obj] = np.stack([c * rel_o[:, 0] - s_ * rel_o[:, 1], s_ * rel_o[:, 0] + c * rel_o[:, 1]], -1) - rel_o
+        disp += rng.normal(0, noise, disp.shape)
+        return q[None] + disp, np.ones((T, len(q)), bool)
+
+    video = np.zeros((T, H, H, 3), np.uint8)
+    return video, {"robot arm": robot, "cube": obj}, tracker
+
+
+def test_motion_filter_drops_static_points():
+    video, masks, tracker = _synthetic_scene()
+    kp = select_keypoints(video, masks, tracker, KeypointConfig(num_keypoints=4, window=3), task="synthetic")
+    assert kp.prompt_index.tolist() == [0, 0, 0, 1]
+    obj_point = kp.points[3]
+    assert obj_point[0] > 35, "the object keypoint must come from the moving part, not the static block"
+    assert (kp.candidates["cube"][:, 0] > 35).all()
+    assert np.all(np.linalg.norm(kp.tracks[-1] - kp.tracks[0], axis=-1) > 0.03 * 64)
+
+
+def test_keypoint_order_is_stable_under_small_perturbation():
+    video, masks, tracker = _synthetic_scene()
+    ref = select_keypoints(video, masks, tracker, KeypointConfig(window=3))
+    for seed in range(3):
+        _, _, noisy = _synthetic_scene(noise=0.05, seed=seed + 1)
+        other = select_keypoints(video, masks, noisy, KeypointConfig(window=3))
+        # same roles in the same slots: each keypoint stays within a few pixels of its reference
+        assert np.abs(other.points - ref.points).max() <= 4.0
+    assert np.linalg.norm(ref.points[0] - [27.5, 29.5]) < 3, "FPS must start at the most-moving robot pixel"
+
+
+def test_quotas_follow_the_spec():
+    assert quotas(["robot", "obj"], 4, 0.25) == [3, 1]
+    assert quotas(["robot", "obj"], 8, 0.25) == [6, 2]
+    assert quotas(["robot", "obj"], 12, 0.25) == [9, 3]
+
+
+def test_bad_inputs_are_clear_errors():
+    video, masks, tracker = _synthetic_scene()
+    empty = dict(masks, cube=np.zeros_like(masks["cube"]))
+    with pytest.raises(PerceptionError, match=r"task 'drawer-open'.*prompt 'cube' is empty"):
+        select_keypoints(video, empty, tracker, KeypointConfig(window=3), task="drawer-open")
+    tiny = dict(masks, cube=np.zeros_like(masks["cube"]))
+    tiny["cube"][40:43, 40:43] = True
+    with pytest.raises(PerceptionError, match=r"'cube' has 0 candidate pixels.*needs 1"):
+        select_keypoints(video, tiny, tracker, KeypointConfig(window=5))
+
+    def nan_tracker(v, q):
+        tr, vis = tracker(v, q)
+        tr[5, 0] = np.nan
+        return tr, vis
+    with pytest.raises(PerceptionError, match="NaN"):
+        select_keypoints(video, masks, nan_tracker, KeypointConfig(window=3))
+
+
+def _piecewise_linear(corners, times, k=3, seed=0):
+    """K points following the same corner path (with different offsets), constant speed per segment."""
+    rng = np.random.default_rng(seed)
+    path = []
+    for (a, b), (ta, tb) in zip(zip(corners[:-1], corners[1:]), zip(times[:-1], times[1:])):
+        for t in range(ta, tb):
+            path.append(np.asarray(a) + (np.asarray(b) - np.asarray(a)) * (t - ta) / (tb - ta))
+    path.append(np.asarray(corners[-1], float))
+    path = np.asarray(path, float)
+    offsets = rng.uniform(-5, 5, (k, 2))
+    return path[:, None, :] + offsets[None]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_keyframes_recover_corners_of_piecewise_linear_tracks(seed):
+    rng = np.random.default_rng(seed)
+    # gaps in [16, 28] with dmin=8, dmax=30: any two consecutive gaps exceed dmax, so each search window
+    # [t_k + dmin, t_k + dmax] holds exactly one corner (the greedy argmax would otherwise take the sharper)
+    times = [0]
+    for _ in range(4):
+        times.append(times[-1] + int(rng.integers(16, 29)))
+    corners = [rng.uniform(0, 100, 2)]
+    for _ in range(4):  # turn by >= 45 degrees so every corner is a real turn
+        ang = rng.uniform(np.pi / 4, np.pi * 3 / 4) * rng.choice([-1, 1])
+        prev = corners[-1] - corners[-2] if len(corners) > 1 else np.array([1.0, 0.0])
+        d = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) @ prev
+        corners.append(corners[-1] + d / np.linalg.norm(d) * rng.uniform(20, 40))
+    tracks = _piecewise_linear(corners, times, seed=seed)
+    keys = select_keyframes(tracks, dmin=8, dmax=30, step=2)
+    assert keys.tolist() == times
+
+
+def test_keyframes_of_straight_motion_step_by_dmax_and_end_at_last_frame():
+    tracks = np.linspace(0, 100, 71)[:, None, None] * np.ones((1, 2, 2))
+    assert select_keyframes(tracks, dmin=8, dmax=30).tolist() == [0, 30, 60, 70]
+    still = np.zeros((50, 2, 2))
+    assert select_keyframes(still, dmin=8, dmax=30).tolist() == [0, 30, 49]
+    with pytest.raises(ValueError, match="NaN"):
+        select_keyframes(np.full((10, 2, 2), np.nan), 2, 5)
