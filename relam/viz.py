@@ -43,3 +43,73 @@ def save_figure(fig, path: Path) -> Path:
         fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip("."))
     plt.close(fig)
     return path
+
+
+KEYPOINT_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
+                   (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+def draw_points(frame, points, radius: int = 2, hollow: bool = False, scale: int = 1):
+    """Copy of ``frame`` (upscaled by ``scale``) with one coloured dot (or ring) per point (pixel coords)."""
+    import cv2
+    import numpy as np
+
+    img = np.ascontiguousarray(frame)
+    if scale > 1:
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    for i, (u, v) in enumerate(np.asarray(points, float)):
+        if not np.isfinite([u, v]).all():
+            continue
+        c = KEYPOINT_COLORS[i % len(KEYPOINT_COLORS)]
+        cv2.circle(img, (int(round(u * scale)), int(round(v * scale))), radius * scale if not hollow else radius * scale + 2,
+                   c, 1 if hollow else -1, lineType=cv2.LINE_AA)
+    return img
+
+
+def plot_keypoints(ax, frame, kp, title: str = ""):
+    """Frame 0 with the filtered candidates (grey), keypoint tracks (lines) and keypoints (dots)."""
+    import numpy as np
+
+    ax.imshow(frame)
+    for cands in kp.candidates.values():
+        ax.scatter(cands[:, 0] - 0.5, cands[:, 1] - 0.5, s=1, c="white", alpha=0.35)
+    for i in range(len(kp.points)):
+        c = np.array(KEYPOINT_COLORS[i % len(KEYPOINT_COLORS)]) / 255
+        tr = kp.tracks[:, i]
+        ax.plot(tr[:, 0] - 0.5, tr[:, 1] - 0.5, "-", color=c, lw=1)
+        ax.scatter([kp.points[i, 0] - 0.5], [kp.points[i, 1] - 0.5], s=25, color=c, edgecolors="k", zorder=3)
+    ax.set_xlim(-0.5, frame.shape[1] - 0.5), ax.set_ylim(frame.shape[0] - 0.5, -0.5)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+
+
+def keyframe_montage(frames, keyframes, subgoals_px, title: str = ""):
+    """One panel per keyframe with the subgoal keypoints drawn on it."""
+    n = len(keyframes)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.9), squeeze=False)
+    for ax, t, g in zip(axes[0], keyframes, subgoals_px):
+        ax.imshow(draw_points(frames[t], g, radius=2, scale=2))
+        ax.set_title(f"t={t}", fontsize=7)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def subgoal_gif(frames, tracks_px, keyframes, subgoals_px, path, scale: int = 2, fps: int = 15):
+    """GIF: tracked keypoints (dots) and the current subgoal (rings of the same colours), written atomically."""
+    import numpy as np
+    from PIL import Image
+
+    from relam.io import atomic_path
+
+    out = []
+    for t in range(len(frames)):
+        k = min(int(np.searchsorted(keyframes, t, side="right")), len(keyframes) - 1)  # next keyframe after t
+        img = draw_points(frames[t], subgoals_px[k], radius=3, hollow=True, scale=scale)
+        img = draw_points(img, tracks_px[t] * scale, radius=2, scale=1)
+        out.append(Image.fromarray(img))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        out[0].save(tmp, format="GIF", save_all=True, append_images=out[1:], duration=int(1000 / fps), loop=0)
+    return path

@@ -81,6 +81,17 @@ def test_motion_filter_drops_static_points():
     assert np.all(np.linalg.norm(kp.tracks[-1] - kp.tracks[0], axis=-1) > 0.03 * 64)
 
 
+def test_static_object_falls_back_to_its_most_moving_pixel_or_raises():
+    video, masks, tracker = _synthetic_scene()
+    static_obj = {"robot arm": masks["robot arm"], "cube": np.zeros_like(masks["cube"])}
+    static_obj["cube"][40:52, 5:15] = True   # only the block that never moves
+    with pytest.warns(UserWarning, match="'cube'.*static_fallback"):
+        kp = select_keypoints(video, static_obj, tracker, KeypointConfig(window=3))
+    assert kp.prompt_index.tolist() == [0, 0, 0, 1] and 5 <= kp.points[3, 0] <= 15
+    with pytest.raises(PerceptionError, match=r"only 0 pixels of prompt 'cube' move"):
+        select_keypoints(video, static_obj, tracker, KeypointConfig(window=3, static_fallback=False))
+
+
 def test_keypoint_order_is_stable_under_small_perturbation():
     video, masks, tracker = _synthetic_scene()
     ref = select_keypoints(video, masks, tracker, KeypointConfig(window=3))

@@ -113,8 +113,9 @@ def collect_offline(cfg: Config, task: str, progress: bool = True) -> dict:
             if kind == "expert":
                 policy = expert_policy
             else:
-                rng = np.random.default_rng(seed)
-                policy = lambda t, obs, step, rng=rng: noisy_action(t.expert_action(obs), rng, step, params)
+                rng, noise_state = np.random.default_rng(seed), {}  # per-trajectory (correlated) noise
+                policy = lambda t, obs, step, rng=rng, st=noise_state: noisy_action(
+                    t.expert_action(obs), rng, step, params, st)
             ep = rollout(env, seed, policy, cfg.demos.extra_frames_after_success)
             writer.add(ep, noisy=(kind == "noisy"))
             wins[kind] += ep.succeeded

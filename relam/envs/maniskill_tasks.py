@@ -176,23 +176,29 @@ _EXPERTS = {"PushCube": push_cube_expert, "PickCube": pick_cube_expert}
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoiseParams:
-    """Action noise for the offline dataset's "noisy expert" trajectories.
+    """Action noise for the offline dataset's "noisy expert" trajectories (SPEC §7).
 
-    Noise = temporally correlated Gaussian (an AR(1)/Ornstein-Uhlenbeck-like process) on the xyz
-    dims, plus occasional uniformly random actions. The gripper dim is left alone by default: a random
-    gripper flip drops the cube (PickCube went 0/20 with i.i.d. σ=0.3 on all dims)."""
-    sigma: float = 0.3
-    """Stationary std of the xyz noise, in normalised action units (1.0 = 0.1 m per step)."""
+    Each step the expert's xyz action gets Gaussian noise (optionally AR(1)-correlated in time) and,
+    with probability ``eps_random``, is replaced by a uniformly random xyz action. The gripper dim is
+    left alone by default. The defaults are the dataset's scheme (``DEFAULT_NOISE``); measured with
+    ``benchmarks/probe_maniskill_noise.py`` (40 episodes, 100-step limit): PushCube 65 %, PickCube 38 %
+    success, against 98 % / 100 % for the clean expert. Why not i.i.d. Gaussian on every dim: a noisy
+    gripper drops the cube, and PickCube's success needs a *static* robot at the goal, which
+    continuous σ=0.3 xyz noise never allows (PickCube 0/20 and 2/20); occasional random actions leave
+    clean stretches in which the expert recovers and settles."""
+    sigma: float = 0.1
+    """Stationary std of the Gaussian xyz noise, in normalised action units (1.0 = 0.1 m per step)."""
     rho: float = 0.0
-    """AR(1) correlation between consecutive steps' noise (0 = i.i.d.)."""
-    eps_random: float = 0.0
-    """Probability of replacing the whole xyz action with a uniform random one in [-1, 1]^3."""
+    """AR(1) correlation of the Gaussian noise between consecutive steps (0 = i.i.d.). Needs the
+    per-episode ``state`` dict of ``noisy_action``."""
+    eps_random: float = 0.35
+    """Probability per step of replacing the xyz action with a uniform random one in [-1, 1]^3."""
     gripper_sigma: float = 0.0
     """Std of Gaussian noise on the gripper dim (0 = untouched)."""
 
 
-DEFAULT_NOISE = NoiseParams(sigma=0.3, rho=0.8)
-"""The scheme used for the noisy half of the offline dataset (measured in benchmarks/probe_maniskill_noise.py)."""
+DEFAULT_NOISE = NoiseParams()
+"""The scheme used for the noisy half of the offline dataset."""
 
 
 def noisy_action(expert_action, rng: np.random.Generator, step: int, params: NoiseParams,

@@ -7,6 +7,7 @@ range), so the ORDER of keypoints means the same thing across demos: the anticip
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,10 @@ class KeypointConfig:
     """Each non-robot prompt gets floor(K * share) keypoints, the robot (first prompt) the rest."""
     candidate_stride: int = 2
     """Track every stride-th pixel (in both axes) of the filtered masks: same spread, 1/stride^2 the cost."""
+    static_fallback: bool = True
+    """If fewer than its quota of a prompt's pixels pass the motion filter (e.g. a PickCube goal right above
+    the cube: it moves ~3 px), keep that prompt's keypoints from all its candidates (FPS from the most-moving
+    one) with a warning, instead of failing; the keypoint order stays consistent. False: raise."""
 
 
 @dataclass
@@ -114,9 +119,12 @@ def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfi
         moving = idx[rng[idx] > eps]
         survivors[p] = all_q[moving]
         if len(moving) < q:
-            raise PerceptionError(
-                f"task {task!r}: only {len(moving)} pixels of prompt {p!r} move more than {eps:.1f} px "
-                f"(motion_eps={cfg.motion_eps}) but {q} keypoints are needed; lower motion_eps or check the tracks")
+            msg = (f"task {task!r}: only {len(moving)} pixels of prompt {p!r} move more than {eps:.1f} px "
+                   f"(motion_eps={cfg.motion_eps}) but {q} keypoints are needed")
+            if not cfg.static_fallback:
+                raise PerceptionError(msg + "; lower motion_eps or check the tracks")
+            warnings.warn(msg + "; using its most-moving candidates instead (static_fallback)", stacklevel=2)
+            moving = idx
         if q == 0:
             continue
         start = int(np.argmax(rng[moving]))  # deterministic start: the most-moving candidate

@@ -40,6 +40,27 @@ def extract_demo(video: np.ndarray, masks: dict, tracker, suite: str, kp: Keypoi
     return DemoSubgoals(keypoints, keys, keypoints.tracks[keys] / size)
 
 
+def demo_backends(pc, ds: EpisodeSet, i: int, prompts):
+    """Segmenter and tracker for demo ``i``: the ``sim`` backends are bound to that demo's ground truth."""
+    from relam.perception.base import make_segmenter, make_tracker
+    from relam.perception.segmenters import SimSegmenter
+    from relam.perception.trackers import SimTracker
+
+    gt = ds.groundtruth(i) if "sim" in (pc.segmenter, pc.tracker) else None
+    segmenter = SimSegmenter.from_groundtruth(gt, prompts) if pc.segmenter == "sim" \
+        else make_segmenter(pc.segmenter, **pc.segmenter_kwargs)
+    tracker = SimTracker.from_groundtruth(gt) if pc.tracker == "sim" else make_tracker(pc.tracker, **pc.tracker_kwargs)
+    return segmenter, tracker
+
+
+def extract_from_demo_set(pc, ds: EpisodeSet, i: int, spec) -> DemoSubgoals:
+    """Keypoints, tracks and keyframes of demo ``i`` of a demo file, with the backends of ``pc``."""
+    video = ds[i].frames
+    segmenter, tracker = demo_backends(pc, ds, i, spec.prompts)
+    masks = segmenter(video[0], list(spec.prompts))
+    return extract_demo(video, masks, tracker, spec.suite, pc.keypoints, pc.keyframes, spec.name)
+
+
 def subgoal_path(out: Path, task: str) -> Path:
     return Path(out) / "subgoals" / f"{task}.h5"
 
@@ -48,9 +69,6 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
     """Extract keypoints/keyframes from every demo of ``task`` with the configured backends; skip if done."""
     from relam.data.demos import demo_path
     from relam.envs import task_spec
-    from relam.perception.base import make_segmenter, make_tracker
-    from relam.perception.segmenters import SimSegmenter
-    from relam.perception.trackers import SimTracker
 
     pc = cfg.perception
     path = subgoal_path(cfg.out, task)
@@ -70,14 +88,7 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
     with EpisodeSet(demo_path(cfg, task)) as ds:
         task_frame = ds[0].frames[-1]
         for i in tqdm(range(len(ds)), desc=f"subgoals {task}", disable=not progress, unit="demo"):
-            video = ds[i].frames
-            gt = ds.groundtruth(i) if "sim" in (pc.segmenter, pc.tracker) else None
-            segmenter = SimSegmenter.from_groundtruth(gt, spec.prompts) if pc.segmenter == "sim" \
-                else make_segmenter(pc.segmenter, **pc.segmenter_kwargs)
-            tracker = SimTracker.from_groundtruth(gt) if pc.tracker == "sim" \
-                else make_tracker(pc.tracker, **pc.tracker_kwargs)
-            masks = segmenter(video[0], list(spec.prompts))
-            results.append(extract_demo(video, masks, tracker, spec.suite, pc.keypoints, pc.keyframes, task))
+            results.append(extract_from_demo_set(pc, ds, i, spec))
             seeds.append(ds[i].seed)
         first_frames = np.stack([ds.first_frame(i) for i in range(len(ds))])
     n_sub = np.array([r.num_subgoals for r in results])
