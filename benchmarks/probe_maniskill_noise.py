@@ -120,7 +120,8 @@ def main():
     ap.add_argument("--grid", action="store_true", help="probe several noise schemes, not just the default")
     ap.add_argument("--render", action="store_true",
                     help="also measure rendering throughput and the cube's image motion over expert demos")
-    ap.add_argument("--noise-episodes", type=int, default=None, help="episodes per noise scheme (default: --episodes)")
+    ap.add_argument("--noise-episodes", type=int, default=None,
+                    help="episodes per noise scheme (default: --episodes)")
     ap.add_argument("--image-size", type=int, default=128)
     args = ap.parse_args()
     import torch

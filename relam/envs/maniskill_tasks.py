@@ -23,6 +23,7 @@ Conventions (checked in ``tests/test_maniskill_tasks.py``)
   per-pixel camera-space positions the mean offset is < 0.01 px, so K is used unchanged.
 - ``depth()`` is camera-frame z (not ray length) in metres. The minimal shader stores camera-space
   positions as int16 millimetres, so depth is quantised to 1 mm (< 0.3 px back-projection error).
+  Pixels that see no surface (the black sky above the far edge of the ground) get the far plane (30 m).
 - Goal markers are hidden from every picture (PushCube's red/white ``goal_region`` disk, PickCube's
   green ``goal_site`` sphere): they would leak the goal into the images.
 - ``segmentation()`` returns body *slots*: 0 = static world (ground, table, background, hidden
@@ -43,6 +44,20 @@ Episodes
 ``step`` returns ``terminated=False`` always (success does not end an episode: demos run past the
 first success and the RL reward wrapper decides when to stop, SPEC §5); ``truncated`` is True once
 ``TaskSpec.max_steps`` steps were taken. ``info['success']`` is the simulator's success flag (bool).
+
+Measured (2-core CPU machine, lavapipe, 128 px; ``benchmarks/probe_maniskill_noise.py --render``)
+-------------------------------------------------------------------------------------------------
+- Cameras (both from the +y side, across the main motion; whole gripper and cube in view): cube-centre
+  image motion from reset to 10 steps after the expert's first success, 5 demos (seeds 0-4):
+  PushCube 45.6 / 32.4 / 42.4 / 35.8 / 43.6 px, median 42.4; PickCube 55.8 / 40.2 / 3.5 / 32.8 /
+  58.6 px, median 40.2 (seed 2's goal is 3 cm from the cube). SPEC §5 asks >= 15 px. Cube area in
+  frame 0: 95-141 px (PushCube), 69-121 px (PickCube).
+- Scripted experts (100-step limit): PushCube 49/50 on seeds 1000-1049 and 59/60 on seeds 0-59 (the
+  failures: cube spawned at x ~ 0.1, goal at x ~ 0.3, and the Panda with its vertical gripper cannot
+  reach past x ~ 0.156 at table height); PickCube 50/50 and 60/60; median 22 / 27 steps to success.
+- steps/s: physics + expert 250-300; step + render() 32-37; demo-collection pattern (render every
+  step, depth/segmentation on frame 0, body_poses every step) 33-38 (1.03x raw step+render);
+  render+depth+segmentation every step 31-38.
 """
 from __future__ import annotations
 
@@ -100,7 +115,8 @@ _CUBE_ATTR = {"PushCube": "obj", "PickCube": "cube"}
 
 
 # --------------------------------------------------------------------------------------------------
-# Scripted experts (privileged state, pd_ee_delta_pos: action = (dx, dy, dz) / 0.1 m, gripper +1 open / -1 closed)
+# Scripted experts (privileged state; pd_ee_delta_pos: action = (dx, dy, dz) / 0.1 m, gripper +1 open,
+# -1 closed)
 # --------------------------------------------------------------------------------------------------
 _MAX_DELTA = 0.1  # metres per step at |action| = 1 (Panda pd_ee_delta_pos pos_lower/pos_upper)
 
@@ -181,17 +197,18 @@ class NoiseParams:
     Each step the expert's xyz action gets Gaussian noise (optionally AR(1)-correlated in time) and,
     with probability ``eps_random``, is replaced by a uniformly random xyz action. The gripper dim is
     left alone by default. The defaults are the dataset's scheme (``DEFAULT_NOISE``); measured with
-    ``benchmarks/probe_maniskill_noise.py`` (40 episodes, 100-step limit): PushCube 65 %, PickCube 38 %
-    success, against 98 % / 100 % for the clean expert. Why not i.i.d. Gaussian on every dim: a noisy
-    gripper drops the cube, and PickCube's success needs a *static* robot at the goal, which
-    continuous σ=0.3 xyz noise never allows (PickCube 0/20 and 2/20); occasional random actions leave
-    clean stretches in which the expert recovers and settles."""
+    ``benchmarks/probe_maniskill_noise.py`` (80 episodes, seeds 1000-1079, 100-step limit): PushCube
+    75 %, PickCube 35 % success, against 98 % / 100 % for the clean expert (other seed sets move these
+    by about ±10 points). Why not i.i.d. Gaussian σ=0.3: on every dim a noisy gripper drops the cube
+    (PickCube 0/20), and even on xyz only PickCube gets 2/20, because its success needs a *static*
+    robot at the goal, which never-ending noise does not allow; occasional random actions leave clean
+    stretches in which the (stateless) expert recovers and settles."""
     sigma: float = 0.1
     """Stationary std of the Gaussian xyz noise, in normalised action units (1.0 = 0.1 m per step)."""
     rho: float = 0.0
     """AR(1) correlation of the Gaussian noise between consecutive steps (0 = i.i.d.). Needs the
     per-episode ``state`` dict of ``noisy_action``."""
-    eps_random: float = 0.35
+    eps_random: float = 0.33
     """Probability per step of replacing the xyz action with a uniform random one in [-1, 1]^3."""
     gripper_sigma: float = 0.0
     """Std of Gaussian noise on the gripper dim (0 = untouched)."""
@@ -213,7 +230,8 @@ def noisy_action(expert_action, rng: np.random.Generator, step: int, params: Noi
     if step == 0 or "eps" not in state:
         state["eps"] = rng.normal(0.0, params.sigma, 3)
     else:
-        state["eps"] = params.rho * state["eps"] + np.sqrt(1 - params.rho ** 2) * rng.normal(0.0, params.sigma, 3)
+        fresh = rng.normal(0.0, params.sigma, 3)
+        state["eps"] = params.rho * state["eps"] + np.sqrt(1 - params.rho ** 2) * fresh
     a[:3] += state["eps"]
     if params.eps_random > 0 and rng.random() < params.eps_random:
         a[:3] = rng.uniform(-1.0, 1.0, 3)
@@ -236,7 +254,11 @@ class ManiSkillTask(Task):
     """One ManiSkill env behind the ``Task`` interface (see the module docstring)."""
 
     def __init__(self, name: str, image_size: int = 128, camera: CameraSpec | None = None,
-                 max_steps: int | None = None, robot_init_qpos_noise: float = 0.02, **kwargs):
+                 max_steps: int | None = None, robot_init_qpos_noise: float = 0.02, render: bool = True,
+                 **kwargs):
+        """``camera`` overrides the spec's camera, ``max_steps`` its episode limit. ``render=False``
+        forbids pictures (render/depth/segmentation raise); it costs nothing either way because
+        pictures are only taken on demand. Other kwargs go to ``gym.make``."""
         if name not in MANISKILL_SPECS:
             raise ValueError(f"unknown ManiSkill task {name!r}; known: {list(MANISKILL_SPECS)}")
         spec = MANISKILL_SPECS[name]
@@ -245,6 +267,7 @@ class ManiSkillTask(Task):
                             int(max_steps or spec.max_steps), dict(spec.prompt_bodies))
         self.spec = spec
         self.image_size = int(image_size)
+        self._render_enabled = bool(render)
         try:
             import gymnasium as gym
             import mani_skill.envs  # noqa: F401  (registers the envs)
@@ -253,8 +276,9 @@ class ManiSkillTask(Task):
             raise ImportError("ManiSkill tasks need `mani-skill` (see requirements.txt)") from e
         cam = spec.camera
         pose = sapien_utils.look_at(eye=list(cam.eye), target=list(cam.target), up=list(cam.up))
+        self._far = 30.0
         sensor_cfg = dict(base_camera=dict(pose=pose, width=self.image_size, height=self.image_size,
-                                           fov=float(np.deg2rad(cam.fovy)), near=0.01, far=30.0))
+                                           fov=float(np.deg2rad(cam.fovy)), near=0.01, far=self._far))
         try:
             self._env = gym.make(spec.env_id, obs_mode="none", sim_backend="cpu", render_backend="cpu",
                                  control_mode="pd_ee_delta_pos", sensor_configs=sensor_cfg,
@@ -324,7 +348,8 @@ class ManiSkillTask(Task):
     def step(self, action):
         if not self._seeded:
             raise RuntimeError("call reset(seed) before step()")
-        a = np.clip(np.asarray(action, np.float32).reshape(self._act_low.shape), self._act_low, self._act_high)
+        a = np.asarray(action, np.float32).reshape(self._act_low.shape)
+        a = np.clip(a, self._act_low, self._act_high)
         _, reward, _, _, info = self._u.step(a)
         self._version += 1
         self._steps += 1
@@ -353,6 +378,8 @@ class ManiSkillTask(Task):
     # --- rendering and ground truth ------------------------------------------------------------------
     def _picture(self):
         """Take (at most) one picture of the current state."""
+        if not self._render_enabled:
+            raise RuntimeError(f"task {self.spec.name!r} was built with render=False")
         if self._pic_version != self._version:
             self._hide_markers()
             self._u.scene.update_render(update_sensors=True, update_human_render_cameras=False)
@@ -371,7 +398,9 @@ class ManiSkillTask(Task):
         self._picture()
         if self._depth is None:
             o = self._sensor.get_obs(rgb=False, depth=True, position=False, segmentation=True)
-            self._depth = (_np(o["depth"])[0, ..., 0].astype(np.float32) / 1000.0)
+            depth = _np(o["depth"])[0, ..., 0].astype(np.float32) / 1000.0
+            depth[depth <= 0] = self._far  # no surface (sky): the far plane, like MuJoCo's depth
+            self._depth = depth
             ids = _np(o["segmentation"])[0, ..., 0].astype(np.int64)
             ids = np.where((ids >= 0) & (ids < len(self._seg_lut)), ids, 0)
             self._seg = self._seg_lut[ids]
