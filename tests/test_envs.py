@@ -111,7 +111,7 @@ def test_ground_truth_tracked_points_stay_on_their_body(name, task_cache):
     expected = np.concatenate(expected)
     np.testing.assert_array_equal(tracker.body, expected)
     # frame 0: the tracker reproduces the query pixels exactly
-    np.testing.assert_allclose(tracker.track(task.body_poses()), np.concatenate(queries), atol=1e-6)
+    np.testing.assert_allclose(tracker.track(task.body_poses()), np.concatenate(queries), atol=1e-3)  # float32 poses in SAPIEN
     obs = task.reset(2)
     hits, total = 0, 0
     moved = 0.0
@@ -142,11 +142,11 @@ def test_static_background_point_stays_put(name, task_cache):
     tracker = task.tracker(q)
     for _ in range(20):
         obs, *_ = task.step(task.expert_action(obs))
-    np.testing.assert_allclose(tracker.track(task.body_poses()), q, atol=1e-6)
+    np.testing.assert_allclose(tracker.track(task.body_poses()), q, atol=1e-3)
 
 
-@pytest.mark.parametrize("name,threshold", [(n, 0.95) for n in METAWORLD_TASKS])
-def test_metaworld_expert_success(name, threshold, task_cache):
+@pytest.mark.parametrize("name,threshold", [(n, 0.95) for n in METAWORLD_TASKS] + [("PushCube", 0.9), ("PickCube", 0.9)])
+def test_expert_success(name, threshold, task_cache):
     """>= 20 episodes per task, success = simulator flag ever 1 within the task's step limit."""
     task = task_cache(name)
     wins = 0
@@ -175,3 +175,16 @@ def test_reset_is_deterministic_and_seeds_differ(name, task_cache):
 def test_unknown_task_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown task 'drawer-opn'.*Did you mean 'drawer-open'"):
         make_task("drawer-opn")
+
+
+def test_no_usable_vulkan_device_is_a_clear_error():
+    """In a fresh process (SAPIEN reads the variable once) with the Vulkan loader pointed at nothing."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, VK_ICD_FILENAMES="/nonexistent/icd.json")
+    code = "import relam\nfrom relam.envs import make_task\nmake_task('PushCube')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "VulkanUnavailableError" in out.stderr
+    assert "no usable Vulkan device" in out.stderr and "scripts/bootstrap.sh" in out.stderr

@@ -284,9 +284,10 @@ class ManiSkillTask(Task):
                                  control_mode="pd_ee_delta_pos", sensor_configs=sensor_cfg,
                                  robot_init_qpos_noise=robot_init_qpos_noise, **kwargs)
         except RuntimeError as e:
-            from relam.platform import vulkan_help
-            if "vulkan" in str(e).lower() or "physical device" in str(e).lower():
-                raise RuntimeError(vulkan_help(str(e))) from e
+            from relam.platform import VulkanUnavailableError, vulkan_help
+            msg = str(e).lower()
+            if any(k in msg for k in ("vulkan", "physical device", "vk::", "incompatibledriver")):
+                raise VulkanUnavailableError(vulkan_help(str(e))) from None
             raise
         self._u = self._env.unwrapped
         self._sensor = self._u._sensors["base_camera"]
