@@ -41,8 +41,11 @@ def _obj(task):
     return task.spec.object_prompt
 
 
-def _rollout(task, seed, n_max=None, every=None, after_success=0):
-    """Expert episode; returns (success, steps, list of per-`every`-step snapshots)."""
+def _rollout(task, seed, n_max=None, every=None, after_success=0, hide_goal=False):
+    """Expert episode; returns (success, steps, list of per-`every`-step snapshots). ``hide_goal``: no
+    goal marker in the pictures (PickCube shows it; around the carried cube it is an occluder)."""
+    shown = task.show_goal
+    task.show_goal = shown and not hide_goal
     s = task.reset(seed)
     first, snaps = None, []
     for k in range(n_max or task.spec.max_steps):
@@ -53,6 +56,7 @@ def _rollout(task, seed, n_max=None, every=None, after_success=0):
             first = k + 1
         if (first is not None and k + 1 >= first + after_success) or trunc:
             break
+    task.show_goal = shown
     return first is not None, first, snaps
 
 
@@ -163,7 +167,16 @@ def test_images_upright(task):
     assert v_table == 127
 
 
-def test_goal_marker_hidden(task):
+def test_goal_marker_shown_only_where_it_is_the_task_specification(task):
+    """PushCube's goal disk (a fixed offset from the cube) is hidden; PickCube's goal sphere (a random 3-D
+    point that says where to bring the cube) is shown, and belongs to the static world slot."""
+    if task.spec.show_goal:
+        task.reset(0)
+        rgb = task.render()
+        green = (rgb[..., 1] > 150) & (rgb[..., 0] < 90) & (rgb[..., 2] < 90)
+        assert green.sum() > 3, "PickCube's goal sphere must be visible"
+        assert (task.segmentation()[green] == 0).all()
+        return
     task.reset(0)
     goal = task._goal
     raw = task._sensor.get_obs(rgb=False, depth=False, position=False, segmentation=True)
@@ -226,7 +239,7 @@ def test_tracked_points_stay_on_their_bodies(task):
     q_arm = _inner_pixels(np.isin(seg0, robot), 12)
     t_cube, t_arm = task.tracker(q_cube), task.tracker(q_arm)
     assert np.all(np.isin(t_cube.body, cube)) and np.all(np.isin(t_arm.body, robot))
-    ok, _, snaps = _rollout(task, seed, every=4, after_success=8)
+    ok, _, snaps = _rollout(task, seed, every=4, after_success=8, hide_goal=True)
     assert ok and len(snaps) >= 4
     cam = task.camera()
     for tracker, allowed in ((t_cube, cube), (t_arm, robot)):

@@ -35,7 +35,7 @@ def _demo_settings(cfg: Config, task: str) -> dict:
     return {"task": task, "image_size": cfg.env.image_size, "n_requested": cfg.demos.n_demos,
             "extra_frames_after_success": cfg.demos.extra_frames_after_success,
             "seed_offset": cfg.demos.seed_offset, "prompts": list(spec.prompts),
-            "camera_spec": asdict(spec.camera)}
+            "camera_spec": asdict(spec.camera), "show_goal": spec.show_goal}
 
 
 def _up_to_date(path: Path, settings: dict) -> bool:

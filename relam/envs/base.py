@@ -40,6 +40,7 @@ class TaskSpec:
     camera: CameraSpec
     max_steps: int                  # episode limit used for demos and RL
     prompt_bodies: dict = field(default_factory=dict)  # prompt -> body-name patterns (sim segmenter)
+    show_goal: bool = False         # draw the goal marker: only where the goal is part of the task's spec
 
     @property
     def robot_prompt(self) -> str:

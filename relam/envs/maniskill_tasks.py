@@ -61,6 +61,8 @@ Measured (2-core CPU machine, lavapipe, 128 px; ``benchmarks/probe_maniskill_noi
 """
 from __future__ import annotations
 
+import dataclasses
+
 import fnmatch
 from dataclasses import dataclass
 
@@ -96,6 +98,10 @@ MANISKILL_SPECS: dict[str, TaskSpec] = {
         # the gripper above it stay in view; cube motion median 40 px at 128 px
         camera=CameraSpec(eye=(0.28, 0.68, 0.4), target=(-0.03, 0.0, 0.21), fovy=45.0),
         max_steps=100,
+        # Deviation from "goal markers hidden" (ours): PickCube's goal is a random 3-D point and IS the task
+        # specification; hidden, no image-based model (anticipation model, pixel policy) could know where to
+        # bring the cube. PushCube's goal is a fixed offset from the cube, so its disk stays hidden.
+        show_goal=True,
         prompt_bodies={"robot arm": _PROMPT_BODIES_ROBOT, "red cube": ("cube",)},
     ),
 }
@@ -263,8 +269,8 @@ class ManiSkillTask(Task):
             raise ValueError(f"unknown ManiSkill task {name!r}; known: {list(MANISKILL_SPECS)}")
         spec = MANISKILL_SPECS[name]
         if camera is not None or max_steps is not None:
-            spec = TaskSpec(spec.name, spec.suite, spec.env_id, spec.prompts, camera or spec.camera,
-                            int(max_steps or spec.max_steps), dict(spec.prompt_bodies))
+            spec = dataclasses.replace(spec, camera=camera or spec.camera,
+                                       max_steps=int(max_steps or spec.max_steps), prompt_bodies=dict(spec.prompt_bodies))
         self.spec = spec
         self.image_size = int(image_size)
         self._render_enabled = bool(render)
@@ -304,6 +310,7 @@ class ManiSkillTask(Task):
         self._slot_objs = [None] + links + [self._cube]
         self.slot_names: tuple[str, ...] = ("world",) + tuple(l.name for l in links) + ("cube",)
         self._build_seg_lut()
+        self.show_goal = self.spec.show_goal  # may be switched off, e.g. to measure occlusion-free geometry
         self._version = 0
         self._pic_version = -1
         self._rgb = self._depth = self._seg = None
@@ -335,7 +342,10 @@ class ManiSkillTask(Task):
 
     def _hide_markers(self):
         for obj in self._u._hidden_objects:
-            obj.hide_visual()
+            if self.show_goal and obj is self._goal:
+                obj.show_visual()
+            else:
+                obj.hide_visual()
 
     # --- episode -----------------------------------------------------------------------------------
     def reset(self, seed: int) -> np.ndarray:
