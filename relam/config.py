@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from relam.envs import TASKS, check_task_name
+from relam.models.train_anticipation import AnticipationConfig
 from relam.perception.keyframes import KeyframeConfig
 from relam.perception.keypoints import KeypointConfig
 from relam.platform import REPO_ROOT
@@ -86,6 +87,7 @@ class Config:
     demos: DemoConfig = field(default_factory=DemoConfig)
     offline: OfflineDataConfig = field(default_factory=OfflineDataConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    anticipation: AnticipationConfig = field(default_factory=AnticipationConfig)
 
     @property
     def out(self) -> Path:

@@ -1,0 +1,1 @@
+"""Learned models: the anticipation model (SPEC §4) and its image encoders."""

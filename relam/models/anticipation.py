@@ -1,0 +1,184 @@
+"""The anticipation model (paper §3.1.2, App. C; SPEC §4): first frame -> keypoint subgoals x^0 ... x^M.
+
+Sequence [image tokens of I_0 and of the task-indication frame ; start ; z^0 ; ... ; z^{M-1}] through
+pre-norm transformer blocks. Image tokens attend only to image tokens (so they never depend on keypoints and
+can be computed once per episode); keyframe tokens attend to every image token and causally to keyframe
+tokens. The output at ``start`` gives x^0 (absolute); the output at z^j gives x^{j+1} = x^j + delta (residual,
+paper) and a stop logit saying whether x^{j+1} is the last subgoal (ours). Coordinates are normalised by
+the image size. ``generate`` runs autoregressively with a key/value cache: one token per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from relam.models.encoders import make_encoder
+
+
+@dataclass
+class AnticipationModelConfig:
+    num_keypoints: int = 4
+    """K (paper: 4)."""
+    d_model: int = 512
+    """Transformer width (paper: 512)."""
+    n_layers: int = 12
+    """Transformer blocks (paper: 12)."""
+    n_heads: int = 8
+    """Attention heads (paper: 8)."""
+    dropout: float = 0.1
+    """Dropout (paper: 0.1)."""
+    max_subgoals: int = 24
+    """Longest plan (x^0 ... x^{max-1}) the position table covers; also generate()'s default limit."""
+    encoder: str = "cnn"
+    """'dinov2' (paper; frozen, needs weights) or 'cnn' (trained with the model; offline fallback)."""
+    dinov2_model: str = ""
+    """Local directory or hub id of DINOv2 weights; empty: $RELAM_DINOV2_MODEL, else facebook/dinov2-small."""
+    dinov2_image_size: int = 224
+    """DINOv2 input size (paper: 224 -> 16 x 16 patches of 14 px)."""
+    dinov2_pool: int = 2
+    """Average-pool DINOv2's patch grid by this factor (2: 8 x 8 tokens per image)."""
+    cnn_channels: int = 128
+    """Width of the CNN encoder's patch tokens."""
+    cnn_grid: int = 4
+    """The CNN encoder gives grid x grid tokens per image."""
+
+
+def check_num_keypoints(model_k: int, data_k: int) -> None:
+    if data_k != model_k:
+        raise ValueError(f"the model is built for K={model_k} keypoints but the data has K={data_k}; rebuild the "
+                         f"subgoal dataset with perception.keypoints.num_keypoints={model_k} or set "
+                         f"anticipation.model.num_keypoints={data_k}")
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.p = heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask=None, past=None):
+        """x (B, N, d); past: (k, v) of earlier tokens (B, h, N', d/h); mask (N, N'+N) bool, True = attend."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x, (k, v)
+
+
+class AnticipationModel(nn.Module):
+    def __init__(self, cfg: AnticipationModelConfig, encoder: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d, k2 = cfg.d_model, 2 * cfg.num_keypoints
+        self.encoder = encoder if encoder is not None else make_encoder(cfg.encoder, **cfg.__dict__)
+        self.tokens_per_image = self._tokens_per_image()
+        self.in_proj = nn.Linear(self.encoder.out_dim, d)
+        self.image_pos = nn.Parameter(torch.randn(2, self.tokens_per_image, d) * 0.02)  # which image, which patch
+        self.kp_mlp = nn.Sequential(nn.Linear(k2, d), nn.GELU(), nn.Linear(d, d))
+        self.start = nn.Parameter(torch.randn(d) * 0.02)
+        self.step_pos = nn.Parameter(torch.randn(cfg.max_subgoals, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head_abs, self.head_res, self.head_stop = nn.Linear(d, k2), nn.Linear(d, k2), nn.Linear(d, 1)
+        nn.init.zeros_(self.head_res.weight), nn.init.zeros_(self.head_res.bias)  # start from "stay put"
+        nn.init.zeros_(self.head_abs.weight)
+        with torch.no_grad():
+            self.head_abs.bias.fill_(0.5)  # start from the image centre
+
+    def _tokens_per_image(self) -> int:
+        if hasattr(self.encoder, "grid"):                                    # CNN
+            return self.encoder.grid ** 2
+        side = self.cfg.dinov2_image_size // self.encoder.model.config.patch_size // max(self.cfg.dinov2_pool, 1)
+        return side ** 2
+
+    # --- image side --------------------------------------------------------------------------------------
+    def encode_images(self, first: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Raw encoder features of both images, (B, 2, P, C): first frames and task-indication frames (uint8)."""
+        return torch.stack([self.encoder(first), self.encoder(task)], 1)
+
+    def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 2, P, C) encoder features -> (B, 2P, d) transformer tokens."""
+        x = self.in_proj(features) + self.image_pos
+        return x.flatten(1, 2)
+
+    # --- teacher-forced training pass ---------------------------------------------------------------------
+    def forward(self, features: torch.Tensor, subgoals: torch.Tensor):
+        """features (B, 2, P, C); subgoals (B, L, K, 2) with x^0 ... (padded). Returns predictions of x^0 ... x^{L-1}
+        (B, L, K, 2) and stop logits (B, L-1): entry j says whether x^{j+1} is the last subgoal."""
+        b, length = subgoals.shape[:2]
+        self.check_keypoints(subgoals.shape[2])
+        if length > self.cfg.max_subgoals:
+            raise ValueError(f"plan of {length} subgoals exceeds max_subgoals={self.cfg.max_subgoals}")
+        img = self.image_tokens(features)
+        kp = self.kp_mlp(subgoals[:, :-1].flatten(2))                        # z^0 ... z^{L-2}
+        steps = torch.cat([self.start.expand(b, 1, -1), kp], 1) + self.step_pos[:length]
+        x = torch.cat([img, steps], 1)
+        n_img = img.shape[1]
+        mask = self.attention_mask(n_img, length, x.device)
+        for blk in self.blocks:
+            x, _ = blk(x, mask)
+        h = self.ln_f(x[:, n_img:])
+        k2 = subgoals.shape[2] * 2
+        x0 = self.head_abs(h[:, 0])
+        deltas = self.head_res(h[:, 1:])
+        pred = torch.cat([x0[:, None], subgoals[:, :-1].flatten(2) + deltas], 1).view(b, length, k2 // 2, 2)
+        return pred, self.head_stop(h[:, 1:]).squeeze(-1)
+
+    @staticmethod
+    def attention_mask(n_img: int, n_steps: int, device=None) -> torch.Tensor:
+        n = n_img + n_steps
+        mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+        mask[:, :n_img] = True                                               # everyone sees the images
+        mask[n_img:, n_img:] = torch.tril(torch.ones(n_steps, n_steps, dtype=torch.bool, device=device))
+        return mask                                                          # images see only images
+
+    def check_keypoints(self, k: int) -> None:
+        check_num_keypoints(self.cfg.num_keypoints, k)
+
+    # --- planning ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, features: torch.Tensor, max_len: int | None = None, stop_threshold: float = 0.5):
+        """Autoregressive plan per item of the batch: a list of arrays (M+1, K, 2), normalised coordinates.
+        Stops when the stop logit says the last predicted subgoal is final, or at ``max_len`` subgoals."""
+        max_len = min(max_len or self.cfg.max_subgoals, self.cfg.max_subgoals)
+        was_training = self.training
+        self.eval()
+        b = features.shape[0]
+        x = self.image_tokens(features)
+        cache = []
+        for blk in self.blocks:                                                # image tokens: once per episode
+            x, kv = blk(x)
+            cache.append(kv)
+        tok = (self.start + self.step_pos[0]).expand(b, 1, -1)
+        plans, lengths = [], torch.full((b,), max_len, dtype=torch.long)
+        done = torch.zeros(b, dtype=torch.bool)
+        current = None
+        for j in range(max_len):
+            h = tok
+            for i, blk in enumerate(self.blocks):
+                h, cache[i] = blk(h, past=cache[i])
+            h = self.ln_f(h[:, 0])
+            if j == 0:
+                current = self.head_abs(h)
+            else:
+                current = current + self.head_res(h)
+                stop = (torch.sigmoid(self.head_stop(h)).squeeze(-1) > stop_threshold) & ~done
+                lengths[stop] = j + 1                                        # x^j is the last subgoal
+                done |= stop
+            plans.append(current.view(b, -1, 2))
+            if done.all() or j + 1 == max_len:
+                break
+            tok = (self.kp_mlp(current) + self.step_pos[j + 1])[:, None]
+        self.train(was_training)
+        stacked = torch.stack(plans, 1).cpu().numpy()                          # (B, steps, K, 2)
+        return [stacked[n, :int(lengths[n])] for n in range(b)]

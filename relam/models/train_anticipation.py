@@ -1,0 +1,249 @@
+"""Training and evaluation of the anticipation model (SPEC §4).
+
+One run = one model (a task, or ``multitask`` over several tasks: the task-indication frame tells them
+apart). A run directory ``results/<profile>/anticipation/<name>/`` holds ``config.json``, ``log.csv``
+(train losses and validation metrics), ``checkpoint.pt`` (written atomically every ``checkpoint_every``
+steps; a rerun resumes from it) and ``metrics.json`` (held-out errors in pixels) when finished.
+
+Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
+- ``x0_px``: mean keypoint distance of the predicted x^0 to the true one;
+- ``subgoal_px``: generated (NOT teacher-forced) plans against the true keyframes: both sequences are padded
+  to the longer length by repeating their last subgoal (so stopping early or late costs), then the mean
+  keypoint distance over all steps;
+- ``len_err``: mean |generated M - true M|.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from relam.io import atomic_path, atomic_write_text
+from relam.models.anticipation import AnticipationModel, AnticipationModelConfig, check_num_keypoints
+from relam.models.encoders import FeatureCache
+
+
+@dataclass
+class AnticipationConfig:
+    model: AnticipationModelConfig = field(default_factory=AnticipationModelConfig)
+    batch_size: int = 8
+    """Paper: 8."""
+    lr: float = 1e-4
+    """AdamW learning rate with cosine decay (ours; the paper's value was lost)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (ours)."""
+    warmup_steps: int = 100
+    """Linear warm-up before the cosine decay (ours)."""
+    train_steps: int = 20000
+    """Optimiser steps per run."""
+    stop_weight: float = 1.0
+    """Weight of the stop-logit BCE against the coordinate MSE (ours)."""
+    val_fraction: float = 0.1
+    """Share of each task's demos held out for the metrics (at least 1 demo)."""
+    eval_every: int = 1000
+    """Validation metrics every this many steps (and at the end)."""
+    checkpoint_every: int = 500
+    """Atomic checkpoint every this many steps; a rerun resumes from the last one."""
+    per_task: bool = True
+    """Train one model per task of the profile."""
+    multitask: bool = True
+    """Also train one model over all tasks of the profile."""
+    seed: int = 0
+    """Seeds the split, initialisation and batch order."""
+
+
+@dataclass
+class Sample:
+    task: str
+    first_frame: np.ndarray   # (H, W, 3) uint8
+    task_index: int           # index into the task-frame table
+    subgoals: np.ndarray      # (M+1, K, 2) normalised
+
+
+def load_samples(datasets: dict, val_fraction: float, seed: int):
+    """datasets: {task: SubgoalDataset}. Returns (train, val, task_frames (T, H, W, 3), task_names)."""
+    train, val, frames = [], [], []
+    for ti, (task, ds) in enumerate(datasets.items()):
+        frames.append(ds.task_frame)
+        n = len(ds.subgoals)
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = max(1, int(round(val_fraction * n))) if n > 1 else 0
+        held = set(order[:n_val].tolist())
+        for i in range(n):
+            (val if i in held else train).append(Sample(task, ds.first_frames[i], ti, ds.subgoals[i]))
+    return train, val, np.stack(frames), list(datasets)
+
+
+class Features:
+    """Encoder features for samples: frozen encoders are looked up in a disk cache (computed once); trainable
+    ones (the CNN) run in the graph."""
+
+    def __init__(self, model: AnticipationModel, task_frames: np.ndarray, cache_path: Path | None):
+        self.model, self.task_frames = model, torch.from_numpy(task_frames)
+        self.frozen = not getattr(model.encoder, "trainable", True)
+        self.cache = FeatureCache(cache_path, model.encoder) if self.frozen and cache_path else None
+
+    def __call__(self, samples) -> torch.Tensor:
+        first = np.stack([s.first_frame for s in samples])
+        task = self.task_frames[[s.task_index for s in samples]]
+        if self.cache is not None:
+            return torch.stack([self.cache.encode(first), self.cache.encode(task.numpy())], 1)
+        return self.model.encode_images(torch.from_numpy(first), task)
+
+
+def batch_targets(samples, max_len: int):
+    """Pad subgoal sequences to the batch's longest: (B, L, K, 2), valid mask (B, L), stop targets (B, L-1)."""
+    lengths = [len(s.subgoals) for s in samples]
+    if max(lengths) > max_len:
+        raise ValueError(f"a demo has {max(lengths)} subgoals but the model's max_subgoals is {max_len}; "
+                         "raise anticipation.model.max_subgoals or the keyframe gaps")
+    L, K = max(lengths), samples[0].subgoals.shape[1]
+    goals = np.zeros((len(samples), L, K, 2), np.float32)
+    valid = np.zeros((len(samples), L), bool)
+    stop = np.zeros((len(samples), L - 1), np.float32)
+    for i, s in enumerate(samples):
+        n = len(s.subgoals)
+        goals[i, :n], goals[i, n:] = s.subgoals, s.subgoals[-1]
+        valid[i, :n] = True
+        stop[i, n - 2] = 1.0
+    return torch.from_numpy(goals), torch.from_numpy(valid), torch.from_numpy(stop)
+
+
+def loss_fn(model, feats, samples, stop_weight: float):
+    goals, valid, stop_t = batch_targets(samples, model.cfg.max_subgoals)
+    pred, stop_logit = model(feats, goals)
+    mse = ((pred - goals) ** 2).mean(dim=(2, 3))[valid].mean()
+    stop_valid = valid[:, 1:]
+    bce = F.binary_cross_entropy_with_logits(stop_logit[stop_valid], stop_t[stop_valid])
+    return mse + stop_weight * bce, mse.item(), bce.item()
+
+
+def plan_errors(plans, truths, image_size: int) -> dict:
+    x0, sub, lens = [], [], []
+    for p, t in zip(plans, truths):
+        x0.append(np.linalg.norm(p[0] - t[0], axis=-1).mean() * image_size)
+        L = max(len(p), len(t))
+        pp = np.concatenate([p, np.repeat(p[-1:], L - len(p), 0)])
+        tt = np.concatenate([t, np.repeat(t[-1:], L - len(t), 0)])
+        sub.append(np.linalg.norm(pp - tt, axis=-1).mean() * image_size)
+        lens.append(abs(len(p) - len(t)))
+    return {"x0_px": float(np.mean(x0)), "subgoal_px": float(np.mean(sub)), "len_err": float(np.mean(lens))}
+
+
+@torch.no_grad()
+def evaluate(model, features: Features, samples, image_size: int, batch: int = 16) -> dict:
+    model.eval()
+    plans = []
+    for s in range(0, len(samples), batch):
+        chunk = samples[s:s + batch]
+        plans.extend(model.generate(features(chunk)))
+    model.train()
+    out = plan_errors(plans, [s.subgoals for s in samples], image_size)
+    out["per_task"] = {}
+    for task in sorted({s.task for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.task == task]
+        out["per_task"][task] = plan_errors([plans[i] for i in idx], [samples[i].subgoals for i in idx], image_size)
+    return out
+
+
+def _lr(step: int, cfg: AnticipationConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.train_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def save_checkpoint(path: Path, model, opt, step: int, cfg: AnticipationConfig, extra: dict | None = None):
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict() if opt else None, "step": step,
+                    "config": asdict(cfg), **(extra or {})}, tmp)
+
+
+def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]:
+    """Rebuild a trained model from its checkpoint (for planning at RL time)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    mcfg = AnticipationModelConfig(**ckpt["config"]["model"])
+    model = AnticipationModel(mcfg, encoder=encoder)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: int, progress: bool = True,
+          threads: int = 1) -> dict:
+    """Train (or resume, or skip if finished) one anticipation model on ``datasets`` ({task: SubgoalDataset})."""
+    torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_json = json.dumps(asdict(cfg), indent=2)
+    metrics_path, ckpt_path, log_path = run_dir / "metrics.json", run_dir / "checkpoint.pt", run_dir / "log.csv"
+    if metrics_path.exists() and (run_dir / "config.json").exists() \
+            and (run_dir / "config.json").read_text() == cfg_json:
+        return json.loads(metrics_path.read_text()) | {"skipped": True}
+    for ds in datasets.values():
+        check_num_keypoints(cfg.model.num_keypoints, ds.num_keypoints)
+    torch.manual_seed(cfg.seed)
+    train_s, val_s, task_frames, tasks = load_samples(datasets, cfg.val_fraction, cfg.seed)
+    model = AnticipationModel(cfg.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["config"] == json.loads(cfg_json):
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            step = ckpt["step"]
+        else:
+            ckpt_path.unlink()  # another configuration's checkpoint: start over
+    if step == 0 and log_path.exists():
+        log_path.unlink()
+    atomic_write_text(run_dir / "config.json", cfg_json)
+    features = Features(model, task_frames, run_dir / "features.npz")
+    new_log = not log_path.exists()
+    t0 = time.perf_counter()
+    with open(log_path, "a", newline="") as fh, tqdm(total=cfg.train_steps, initial=step, disable=not progress,
+                                                    desc=f"anticipation {run_dir.name}") as bar:
+        log = csv.writer(fh)
+        if new_log:
+            log.writerow(["step", "loss", "mse", "bce", "lr", "val_x0_px", "val_subgoal_px", "val_len_err"])
+        model.train()
+        last_eval = None
+        while step < cfg.train_steps:
+            rng = np.random.default_rng(cfg.seed * 1_000_003 + step)  # batch order reproducible across resumes
+            batch = [train_s[i] for i in rng.integers(0, len(train_s), cfg.batch_size)]
+            lr = _lr(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, mse, bce = loss_fn(model, features(batch), batch, cfg.stop_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            bar.update()
+            row = [step, f"{loss.item():.5f}", f"{mse:.6f}", f"{bce:.5f}", f"{lr:.2e}", "", "", ""]
+            if step % cfg.eval_every == 0 or step == cfg.train_steps:
+                last_eval = evaluate(model, features, val_s, image_size)
+                row[5:] = [f"{last_eval['x0_px']:.3f}", f"{last_eval['subgoal_px']:.3f}", f"{last_eval['len_err']:.3f}"]
+                bar.set_postfix(x0=f"{last_eval['x0_px']:.1f}px", sub=f"{last_eval['subgoal_px']:.1f}px")
+            log.writerow(row)
+            if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+                fh.flush()
+                save_checkpoint(ckpt_path, model, opt, step, cfg, {"tasks": tasks, "task_frames": task_frames})
+                if features.cache is not None:
+                    features.cache.save()
+    train_eval = evaluate(model, features, train_s[: max(len(val_s), 8)], image_size)
+    metrics = {"tasks": tasks, "train_steps": cfg.train_steps, "n_train": len(train_s), "n_val": len(val_s),
+               "seconds_this_session": round(time.perf_counter() - t0, 1), "val": last_eval, "train": train_eval,
+               "encoder": cfg.model.encoder, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,187 @@
+"""Anticipation model (SPEC §4): shapes, causality, learning, checkpoints, generation, DINOv2 loading."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from relam.models.anticipation import AnticipationModel, AnticipationModelConfig
+from relam.models.encoders import DINOv2Encoder, EncoderUnavailableError, FeatureCache
+from relam.models.train_anticipation import (AnticipationConfig, Sample, evaluate, Features, load_model,
+                                             loss_fn, plan_errors, train)
+from relam.perception.subgoals import SubgoalDataset
+
+TINY = dict(d_model=32, n_layers=2, n_heads=2, dropout=0.0, cnn_channels=16, cnn_grid=2, max_subgoals=8)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return AnticipationModel(AnticipationModelConfig(**{**TINY, **kw}))
+
+
+def _images(b, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 32, 32, 3), generator=g, dtype=torch.uint8)
+
+
+def test_output_shapes():
+    m = _model()
+    feats = m.encode_images(_images(3), _images(3, 1))
+    assert feats.shape == (3, 2, 4, 16)
+    pred, stop = m(feats, torch.rand(3, 5, 4, 2))
+    assert pred.shape == (3, 5, 4, 2) and stop.shape == (3, 4)
+
+
+def test_causality_later_keyframes_do_not_change_earlier_outputs():
+    m = _model().eval()
+    feats = m.encode_images(_images(2), _images(2, 1))
+    goals = torch.rand(2, 6, 4, 2)
+    changed = goals.clone()
+    changed[:, 3:] += torch.randn(2, 3, 4, 2)
+    p1, s1 = m(feats, goals)
+    p2, s2 = m(feats, changed)
+    # outputs for x^0..x^3 use inputs x^0..x^2 only; stop j uses x^0..x^j
+    torch.testing.assert_close(p1[:, :4], p2[:, :4])
+    torch.testing.assert_close(s1[:, :3], s2[:, :3])
+    assert not torch.allclose(p1[:, 4:], p2[:, 4:]), "later outputs must depend on the changed keyframes"
+
+
+def test_residual_form_and_generate_matches_teacher_forcing():
+    """generate() with its KV cache must reproduce the full teacher-forced pass fed its own outputs."""
+    m = _model().eval()
+    with torch.no_grad():
+        m.head_res.weight.normal_(0, 0.1)
+        m.head_abs.weight.normal_(0, 0.1)
+        m.head_stop.bias.fill_(-10.0)  # never stop
+    feats = m.encode_images(_images(2), _images(2, 1))
+    plans = m.generate(feats, max_len=5)
+    assert [p.shape for p in plans] == [(5, 4, 2)] * 2
+    pred, _ = m(feats, torch.from_numpy(np.stack(plans)))
+    np.testing.assert_allclose(pred.detach().numpy(), np.stack(plans), atol=1e-5)
+
+
+def test_generate_stops_by_stop_logit_and_respects_max_length():
+    m = _model().eval()
+    feats = m.encode_images(_images(1), _images(1, 1))
+    with torch.no_grad():
+        m.head_stop.bias.fill_(10.0)  # stop right after x^1
+    assert len(m.generate(feats, max_len=6)[0]) == 2
+    with torch.no_grad():
+        m.head_stop.bias.fill_(-10.0)  # never stop
+    assert len(m.generate(feats, max_len=6)[0]) == 6
+    assert len(m.generate(feats)[0]) == m.cfg.max_subgoals
+
+
+def _tiny_dataset(n=6, seed=0):
+    """Each demo's subgoals are a deterministic function of its first frame (a bright square's position)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        img = np.zeros((32, 32, 3), np.uint8)
+        x, y = rng.integers(4, 24, 2)
+        img[y:y + 6, x:x + 6] = 255
+        start = np.array([[x, y], [x + 6, y], [x, y + 6], [x + 6, y + 6]], np.float32) / 32
+        m = 2 + i % 2
+        goals = np.stack([start + 0.1 * j * np.array([1, -0.5], np.float32) for j in range(m + 1)])
+        samples.append(Sample("toy", img, 0, goals))
+    return samples
+
+
+def test_tiny_model_overfits_tiny_dataset():
+    torch.manual_seed(0)
+    m = AnticipationModel(AnticipationModelConfig(**{**TINY, "cnn_grid": 4, "d_model": 64}))
+    samples = _tiny_dataset()
+    task_frames = np.zeros((1, 32, 32, 3), np.uint8)
+    feats = Features(m, task_frames, None)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    for _ in range(600):
+        loss, _, _ = loss_fn(m, feats(samples), samples, 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    err = evaluate(m, feats, samples, image_size=32)
+    assert err["x0_px"] < 0.5 and err["subgoal_px"] < 1.0 and err["len_err"] == 0, err
+
+
+def test_plan_errors_penalise_wrong_lengths():
+    t = np.zeros((3, 2, 2))
+    assert plan_errors([t], [t], 100)["subgoal_px"] == 0
+    longer = np.concatenate([t, np.ones((1, 2, 2))])
+    e = plan_errors([longer], [t], 100)
+    assert e["len_err"] == 1 and e["subgoal_px"] > 0 and e["x0_px"] == 0
+
+
+def _write_subgoal_ds(tmp_path, k=4):
+    samples = _tiny_dataset(4)
+    return SubgoalDataset(task="toy", first_frames=np.stack([s.first_frame for s in samples]),
+                          task_frame=np.zeros((32, 32, 3), np.uint8),
+                          subgoals=[s.subgoals[:, :k] if k <= 4 else np.tile(s.subgoals, (1, 2, 1)) for s in samples],
+                          keyframes=[np.arange(len(s.subgoals)) for s in samples], tracks=[], seeds=np.arange(4),
+                          prompts=["a", "b"], num_keypoints=k)
+
+
+def test_training_run_checkpoints_resume_and_reload(tmp_path):
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=6, eval_every=3,
+                             checkpoint_every=3, warmup_steps=1)
+    ds = {"toy": _write_subgoal_ds(tmp_path)}
+    run = tmp_path / "run"
+    cfg.train_steps = 3
+    train(run, ds, cfg, 32, progress=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 3
+    cfg.train_steps = 6  # a longer run resumes... only with the same config: a changed one starts over
+    metrics = train(run, ds, cfg, 32, progress=False)
+    rows = (run / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 7  # restarted cleanly: 6 steps logged once
+    assert metrics["val"]["x0_px"] >= 0 and json.loads((run / "config.json").read_text())["train_steps"] == 6
+    # interrupted mid-run: delete metrics, roll the checkpoint back to step 3 of the SAME config -> resumes at 3
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    model, _ = load_model(run / "checkpoint.pt")
+    feats = model.encode_images(torch.from_numpy(ds["toy"].first_frames[:1]),
+                                torch.from_numpy(ds["toy"].task_frame[None]))
+    reloaded_plan = model.generate(feats)[0]
+    m2 = AnticipationModel(AnticipationModelConfig(**TINY))
+    m2.load_state_dict(state["model"])
+    np.testing.assert_allclose(m2.generate(feats)[0], reloaded_plan)
+    state["step"] = 3
+    torch.save(state, run / "checkpoint.pt")
+    (run / "metrics.json").unlink()
+    train(run, ds, cfg, 32, progress=False)
+    assert len((run / "log.csv").read_text().strip().splitlines()) == 10  # 6 + 3 resumed steps
+    assert train(run, ds, cfg, 32, progress=False)["skipped"]
+
+
+def test_k_mismatch_is_a_clear_error(tmp_path):
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), train_steps=1)
+    with pytest.raises(ValueError, match=r"built for K=4 keypoints but the data has K=8.*num_keypoints"):
+        train(tmp_path / "run", {"toy": _write_subgoal_ds(tmp_path, k=8)}, cfg, 32, progress=False)
+
+
+def test_dinov2_path_with_tiny_random_config(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       patch_size=14, image_size=56)
+    Dinov2Model(cfg).save_pretrained(tmp_path / "dino")
+    enc = DINOv2Encoder(str(tmp_path / "dino"), image_size=56, pool=2)
+    assert not any(p.requires_grad for p in enc.parameters())
+    m = AnticipationModel(AnticipationModelConfig(**{**TINY, "encoder": "dinov2", "dinov2_model": str(tmp_path / "dino"),
+                                                       "dinov2_image_size": 56}))
+    assert m.tokens_per_image == 4  # (56 / 14 / 2)^2
+    imgs = _images(3)
+    cache = FeatureCache(tmp_path / "feats.npz", m.encoder)
+    f1 = cache.encode(imgs.numpy())
+    assert f1.shape == (3, 4, 32) and cache.computed == 3
+    cache.encode(imgs.numpy())
+    assert cache.computed == 3, "features are computed once per distinct image"
+    cache.save()
+    again = FeatureCache(tmp_path / "feats.npz", m.encoder)
+    torch.testing.assert_close(again.encode(imgs.numpy()), f1)
+    assert again.computed == 0
+    pred, _ = m(torch.stack([f1, f1], 1), torch.rand(3, 4, 4, 2))
+    assert pred.shape == (3, 4, 4, 2)
+
+
+def test_missing_dinov2_weights_name_the_fix_and_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderUnavailableError, match=r"huggingface-cli download.*encoder='cnn'"):
+        DINOv2Encoder(str(tmp_path / "nowhere"))
