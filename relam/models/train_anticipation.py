@@ -247,3 +247,27 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
                "encoder": cfg.model.encoder, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     return metrics
+
+
+def train_profile(cfg, progress: bool = True) -> dict:
+    """Train the runs a profile asks for: one per task (``per_task``) and one over all (``multitask``)."""
+    from relam.perception.subgoals import SubgoalDataset, subgoal_path
+
+    ac = cfg.anticipation
+    datasets = {t: SubgoalDataset.load(subgoal_path(cfg.out, t), t) for t in cfg.env.tasks}
+    runs = {}
+    if ac.per_task:
+        for t, ds in datasets.items():
+            runs[t] = {t: ds}
+    if ac.multitask and len(datasets) > 1:
+        runs["multitask"] = datasets
+    return {name: train(cfg.out / "anticipation" / name, ds, ac, cfg.env.image_size, progress, cfg.torch_threads)
+            for name, ds in runs.items()}
+
+
+def heldout_plans(run_dir: Path, datasets: dict, cfg: AnticipationConfig):
+    """(held-out samples, generated plans) of a finished run, for plots."""
+    model, ckpt = load_model(Path(run_dir) / "checkpoint.pt")
+    _, val, task_frames, _ = load_samples(datasets, cfg.val_fraction, cfg.seed)
+    feats = Features(model, task_frames, Path(run_dir) / "features.npz")
+    return val, model.generate(feats(val)) if val else []
