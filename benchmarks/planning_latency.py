@@ -1,0 +1,56 @@
+"""Planning latency of the anticipation model on CPU: one episode = one encoder call + generate().
+
+Target (anticipation issue): generate() < 50 ms per episode, encoder excluded. Reports the median over
+repeats for the `cpu` profile's model and the paper's (d=512, 12 layers), a plan of ``--steps`` subgoals
+(the stop logit is forced off so every configuration generates the same length), 1 thread.
+
+    .venv/bin/python benchmarks/planning_latency.py [--steps 8] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import relam  # noqa: F401
+from relam.config import load_config
+from relam.models.anticipation import AnticipationModel
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(out))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"{'profile':8s} {'d':>4s} {'layers':>6s} {'params M':>8s} {'encoder ms':>10s} {'generate ms':>11s} target<50")
+    for profile in ("cpu", "paper"):
+        mcfg = load_config(profile).anticipation.model
+        mcfg.encoder = "cnn"  # DINOv2 weights are not available offline; the encoder is timed separately anyway
+        model = AnticipationModel(mcfg).eval()
+        with torch.no_grad():
+            model.head_stop.bias.fill_(-1e4)
+        img = torch.randint(0, 256, (1, 128, 128, 3), dtype=torch.uint8)
+        with torch.no_grad():
+            feats = model.encode_images(img, img)
+        enc = median_ms(lambda: model.encode_images(img, img), args.repeats)
+        gen = median_ms(lambda: model.generate(feats, max_len=args.steps), args.repeats)
+        n = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"{profile:8s} {mcfg.d_model:4d} {mcfg.n_layers:6d} {n:8.1f} {enc:10.1f} {gen:11.1f} "
+              f"{'OK' if gen < 50 else 'over'}")
+
+
+if __name__ == "__main__":
+    main()
