@@ -119,7 +119,14 @@ def test_bad_inputs_are_clear_errors():
     tiny = dict(masks, cube=np.zeros_like(masks["cube"]))
     tiny["cube"][40:43, 40:43] = True
     with pytest.raises(PerceptionError, match=r"'cube' has 0 candidate pixels.*needs 1"):
-        select_keypoints(video, tiny, tracker, KeypointConfig(window=5))
+        select_keypoints(video, tiny, tracker, KeypointConfig(window=5, relax_window=False))
+    with pytest.warns(UserWarning, match=r"'cube' is small.*window 3"):  # relaxed: the 3x3 block's centre
+        kp = select_keypoints(video, tiny, tracker, KeypointConfig(window=5))
+    np.testing.assert_allclose(kp.points[3], [41.5, 41.5])
+    with pytest.raises(PerceptionError, match=r"'robot arm' has 2 candidate pixels.*needs 3"):
+        two = dict(masks, **{"robot arm": np.zeros_like(masks["robot arm"])})
+        two["robot arm"][10, 10:12] = True
+        select_keypoints(video, two, tracker, KeypointConfig(window=5))
 
     def nan_tracker(v, q):
         tr, vis = tracker(v, q)

@@ -28,6 +28,9 @@ class KeypointConfig:
     """Each non-robot prompt gets floor(K * share) keypoints, the robot (first prompt) the rest."""
     candidate_stride: int = 2
     """Track every stride-th pixel (in both axes) of the filtered masks: same spread, 1/stride^2 the cost."""
+    relax_window: bool = True
+    """If a prompt keeps fewer candidates than its quota (a small or partly occluded object, e.g. PickCube's
+    cube behind its goal sphere), retry with stride 1, then windows 3 and 1, with a warning. False: raise."""
     static_fallback: bool = True
     """If fewer than its quota of a prompt's pixels pass the motion filter (e.g. a PickCube goal right above
     the cube: it moves ~3 px), keep that prompt's keypoints from all its candidates (FPS from the most-moving
@@ -94,14 +97,23 @@ def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfi
         if not np.any(masks[p]):
             raise PerceptionError(f"task {task!r}: the mask for prompt {p!r} is empty on frame 0; check the "
                                   "prompt text, the camera (is the object in view?) or the segmenter backend")
-        cands = candidate_pixels(masks[p], cfg.window, cfg.candidate_stride)
-        per_prompt.append(cands)
+        per_prompt.append(candidate_pixels(masks[p], cfg.window, cfg.candidate_stride))
     want = quotas(prompts, cfg.num_keypoints, cfg.object_share)
+    for j, (p, q) in enumerate(zip(prompts, want)):
+        if len(per_prompt[j]) >= q or not cfg.relax_window:
+            continue
+        for window, stride in ((cfg.window, 1), (min(3, cfg.window), 1), (1, 1)):
+            per_prompt[j] = candidate_pixels(masks[p], window, stride)
+            if len(per_prompt[j]) >= q:
+                warnings.warn(f"task {task!r}: prompt {p!r} is small on frame 0 ({int(masks[p].sum())} px); "
+                              f"candidates taken with window {window}, stride {stride} (relax_window)", stacklevel=2)
+                break
     for p, cands, q in zip(prompts, per_prompt, want):
         if len(cands) < q:
             raise PerceptionError(
                 f"task {task!r}: prompt {p!r} has {len(cands)} candidate pixels after the {cfg.window}x{cfg.window} "
-                f"window filter but needs {q}; use a smaller window, candidate_stride or num_keypoints")
+                f"window filter but needs {q}; use a smaller window, candidate_stride or num_keypoints "
+                "(relax_window does this automatically)")
     all_q = np.concatenate(per_prompt)
     tracks, visible = tracker(video, all_q)
     tracks = np.asarray(tracks, np.float64)
