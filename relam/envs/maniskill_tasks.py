@@ -331,7 +331,7 @@ class ManiSkillTask(Task):
         self._seg_lut = lut
 
     def _state(self) -> np.ndarray:
-        u, robot = self._u, self._agent.robot
+        robot = self._agent.robot
         qpos = _np(robot.get_qpos())[0]
         qvel = _np(robot.get_qvel())[0]
         tcp = _np(self._agent.tcp.pose.raw_pose)[0]

@@ -206,7 +206,6 @@ class Sam3Segmenter:
 def instance_union(outputs, size: tuple[int, int], threshold: float, mask_threshold: float) -> np.ndarray:
     """Union of the instance masks of the first image in ``outputs`` (a Sam3ImageSegmentationOutput) whose score
     exceeds ``threshold``, at ``size`` = (H, W). Same rule as Sam3ImageProcessor.post_process_instance_segmentation."""
-    import torch
     import torch.nn.functional as F
 
     scores = outputs.pred_logits[0].float().sigmoid()
