@@ -11,7 +11,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -141,7 +140,3 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
 def save_config(cfg: Config, path: Path) -> None:
     from relam.io import atomic_write_text
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
-
-
-def config_from_dict(d: dict[str, Any]) -> Config:
-    return _merge(Config(), d, "")

@@ -138,9 +138,6 @@ class EpisodeSet:
             rec.actions, rec.rewards, rec.step_success = g["actions"][()], g["rewards"][()], g["success"][()]
         return rec
 
-    def episode_attrs(self, i: int) -> dict:
-        return dict(self.file[self.names[i]].attrs)
-
     def first_frame(self, i: int) -> np.ndarray:
         return self.file[self.names[i]]["frames"][0]
 

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from relam.data.store import EpisodeSet, open_h5
+from relam.data.store import EpisodeSet, open_h5, read_attrs
 from relam.io import atomic_path
 from relam.perception.base import PerceptionError
 from relam.perception.keyframes import KeyframeConfig, select_keyframes
@@ -75,13 +75,9 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
     settings = json.loads(json.dumps({"task": task, "segmenter": pc.segmenter, "tracker": pc.tracker,
                                       "keypoints": asdict(pc.keypoints), "keyframes": asdict(pc.keyframes),
                                       "n_demos": cfg.demos.n_demos}))
-    if path.exists():
-        try:
-            with open_h5(path) as f:
-                if json.loads(f.attrs["settings"]) == settings:
-                    return {"task": task, "path": str(path), "skipped": True, **json.loads(f.attrs["summary"])}
-        except Exception:
-            pass  # incomplete/corrupt/old: rebuild atomically below
+    done = read_attrs(path)  # None if missing, incomplete or corrupt: rebuilt atomically below
+    if done is not None and done.get("settings") == settings:
+        return {"task": task, "path": str(path), "skipped": True, **done["summary"]}
     spec = task_spec(task)
     t0 = time.perf_counter()
     results, seeds = [], []
