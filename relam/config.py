@@ -19,6 +19,8 @@ from relam.models.train_anticipation import AnticipationConfig
 from relam.perception.keyframes import KeyframeConfig
 from relam.perception.keypoints import KeypointConfig
 from relam.platform import REPO_ROOT
+from relam.reward import RewardConfig
+from relam.rl.ppo import PPOConfig
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -87,6 +89,8 @@ class Config:
     offline: OfflineDataConfig = field(default_factory=OfflineDataConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     anticipation: AnticipationConfig = field(default_factory=AnticipationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
     @property
     def out(self) -> Path:
@@ -132,9 +136,17 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
     env_override = os.environ.get("RELAM_RESULTS_DIR")
     if env_override and not cfg.results_dir:
         cfg.results_dir = env_override
-    for t in list(cfg.env.tasks) + list(cfg.offline.tasks):
+    for t in list(cfg.env.tasks) + list(cfg.offline.tasks) + list(cfg.ppo.tasks):
         check_task_name(t)
+    cfg.reward.__post_init__()  # re-validate after the overrides
     return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (e.g. handed to a worker process)."""
+    data = dict(data)
+    profile = data.pop("profile", "cpu")
+    return _merge(Config(profile=profile), data, "")
 
 
 def save_config(cfg: Config, path: Path) -> None:

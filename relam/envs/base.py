@@ -100,6 +100,11 @@ class Task(abc.ABC):
     def object_position(self) -> np.ndarray:
         """World position (3,) of the task object's reference point (evaluation/diagnostics only)."""
 
+    def proprio(self) -> np.ndarray:
+        """The robot's own state (4,): end-effector xyz (world, metres) and gripper opening. What a real robot
+        knows about itself; the keypoint-only policy reads it beside the keypoints (no object state)."""
+        raise NotImplementedError(f"{type(self).__name__} has no proprio()")
+
     def close(self) -> None:
         pass
 

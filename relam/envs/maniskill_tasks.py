@@ -451,6 +451,11 @@ class ManiSkillTask(Task):
     def object_position(self) -> np.ndarray:
         return _np(self._cube.pose.p)[0].astype(np.float64)
 
+    def proprio(self) -> np.ndarray:
+        s = self._state()
+        qpos, tcp = s[STATE_LAYOUT["qpos"]], s[STATE_LAYOUT["tcp_pose"]][:3]
+        return np.concatenate([tcp, [qpos[7] + qpos[8]]]).astype(np.float32)  # TCP xyz + finger opening
+
     def goal_position(self) -> np.ndarray:
         """World position of the (hidden) goal marker (privileged; diagnostics only)."""
         return _np(self._goal.pose.p)[0].astype(np.float64)

@@ -183,6 +183,9 @@ class MetaWorldTask(Task):
     def object_position(self) -> np.ndarray:
         return np.asarray(self.env._get_pos_objects()[:3], dtype=np.float64)
 
+    def proprio(self) -> np.ndarray:
+        return np.asarray(self._obs[:4], dtype=np.float32)  # hand xyz + gripper opening
+
     def close(self) -> None:
         self._renderer.close()
         self.env.close()

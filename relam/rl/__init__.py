@@ -1,0 +1,1 @@
+"""RL glue: gymnasium env + ReLAM reward wrapper, planners, hierarchical PPO."""

@@ -1,0 +1,197 @@
+"""Gymnasium side of ReLAM: a task as a gymnasium env, online point trackers, and the reward wrapper.
+
+``ReLAMRewardWrapper`` is the reusable piece: put it around ANY gymnasium env whose ``render()`` returns RGB
+frames and whose ``info['success']`` is its success flag, give it a planner (first frame -> keypoint subgoals,
+e.g. ``ModelPlanner`` over a trained anticipation model) and an online tracker, and it replaces the env's
+reward by the ReLAM reward of ``relam.reward`` and its observation by
+
+    {'keypoints': x(t) (2K,), 'subgoal': g^k (2K,), 'state': the inner observation (if a Box), 'image': (3,H,W)}
+
+('image' only with ``image_obs=True``). ``info`` carries the stage, the distances, the env's own reward, and
+``subgoal_reached`` (the transition that reached a subgoal: hierarchical PPO cuts GAE there).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from relam.envs.base import Task
+from relam.reward import RewardConfig, StageMachine
+
+# Keypoints may leave the image: coordinates are clipped into this box only for the observation.
+COORD_LOW, COORD_HIGH = -1.0, 2.0
+
+
+class TaskEnv(gym.Env):
+    """A ``relam.envs`` task as a gymnasium env. Observation: the robot's proprioception (``Task.proprio``:
+    end-effector xyz + gripper; never object state). ``render()`` gives the task camera's RGB frame.
+
+    Initial states: ``reset(seed=s)`` reseeds the env's generator, which then draws the task's reset seed from
+    ``seed_pool`` (or from [0, 2^31) if no pool). ``reset(options={'task_seed': n})`` resets to task seed n
+    exactly (evaluation on held-out seeds)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: Task, seed_pool=None):
+        self.task = task
+        self.render_mode = "rgb_array"
+        self.seed_pool = None if seed_pool is None else np.asarray(seed_pool, np.int64)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(task.action_dim,), dtype=np.float32)
+        self.task_seed = None
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if options and options.get("task_seed") is not None:
+            self.task_seed = int(options["task_seed"])
+        elif self.seed_pool is not None:
+            self.task_seed = int(self.seed_pool[self.np_random.integers(len(self.seed_pool))])
+        else:
+            self.task_seed = int(self.np_random.integers(2 ** 31 - 1))
+        self.task.reset(self.task_seed)
+        return self.task.proprio(), {"task_seed": self.task_seed}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = self.task.step(np.asarray(action, np.float32))
+        return self.task.proprio(), float(reward), bool(terminated), bool(truncated), info
+
+    def render(self):
+        return self.task.render()
+
+    def close(self):
+        self.task.close()
+
+
+# --- online trackers ------------------------------------------------------------------------------------
+
+class OnlineTracker(Protocol):
+    needs_frames: bool
+
+    def start(self, frame: np.ndarray | None, queries_uv: np.ndarray) -> None:
+        """Begin tracking the (N, 2) pixel queries on the episode's first frame."""
+
+    def update(self, frame: np.ndarray | None) -> np.ndarray:
+        """(N, 2) pixel positions on the new frame (NaN where lost)."""
+
+
+class SimOnlineTracker:
+    """Exact tracker from simulator state (SPEC §6): each query pixel is lifted with frame-0 depth and
+    segmentation, attached to the body under it and re-projected from the body poses every step. Needs no
+    rendering per step (``needs_frames = False``): ~20 µs per step."""
+
+    needs_frames = False
+
+    def __init__(self, task: Task):
+        self.task, self._gt = task, None
+
+    def start(self, frame, queries_uv):
+        self._gt = self.task.tracker(queries_uv)
+
+    def update(self, frame=None):
+        return self._gt.track(self.task.body_poses())
+
+
+class LKOnlineTracker:
+    """Frame-to-frame pyramidal Lucas-Kanade with a forward-backward check, for envs with no simulator ground
+    truth. A point that fails the check is held at its last position (and reported, not NaN'd, so the reward
+    stays defined)."""
+
+    needs_frames = True
+
+    def __init__(self, win_size: int = 15, max_level: int = 3, fb_threshold: float = 1.0):
+        self.params = dict(winSize=(win_size, win_size), maxLevel=max_level)
+        self.fb = fb_threshold
+        self._gray = self._pts = None
+
+    def start(self, frame, queries_uv):
+        import cv2
+        self._gray = cv2.cvtColor(np.asarray(frame, np.uint8), cv2.COLOR_RGB2GRAY)
+        self._pts = (np.asarray(queries_uv, np.float32) - 0.5).reshape(-1, 1, 2)  # OpenCV centres at integers
+
+    def update(self, frame):
+        import cv2
+        gray = cv2.cvtColor(np.asarray(frame, np.uint8), cv2.COLOR_RGB2GRAY)
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(self._gray, gray, self._pts, None, **self.params)
+        back, st_b, _ = cv2.calcOpticalFlowPyrLK(gray, self._gray, nxt, None, **self.params)
+        good = (st.ravel() == 1) & (st_b.ravel() == 1) & (np.linalg.norm((back - self._pts).reshape(-1, 2), axis=1)
+                                                          < self.fb)
+        self._pts = np.where(good[:, None, None], nxt, self._pts)
+        self._gray = gray
+        return self._pts.reshape(-1, 2).astype(np.float64) + 0.5
+
+
+# --- the reward wrapper -------------------------------------------------------------------------------
+
+Planner = Callable[[np.ndarray, dict], np.ndarray]  # (first frame, reset info) -> (M+1, K, 2) normalised plan
+
+
+class ReLAMRewardWrapper(gym.Wrapper):
+    def __init__(self, env: gym.Env, planner: Planner, tracker: OnlineTracker, num_keypoints: int,
+                 reward: RewardConfig = RewardConfig(), image_obs: bool = False, image_size: int | None = None):
+        super().__init__(env)
+        self.planner, self.tracker, self.cfg = planner, tracker, reward
+        self.K, self.image_obs = int(num_keypoints), image_obs
+        frame = None
+        if image_size is None:
+            frame = env.render() if getattr(env, "render_mode", None) == "rgb_array" else None
+            if frame is None:
+                raise ValueError("the wrapped env must render RGB frames (render_mode='rgb_array') or pass "
+                                 "image_size=")
+            image_size = frame.shape[0]
+        self.size = int(image_size)
+        box = lambda: gym.spaces.Box(COORD_LOW, COORD_HIGH, shape=(2 * self.K,), dtype=np.float32)  # noqa: E731
+        spaces = {"keypoints": box(), "subgoal": box()}
+        if isinstance(env.observation_space, gym.spaces.Box):
+            spaces["state"] = env.observation_space
+        if image_obs:
+            spaces["image"] = gym.spaces.Box(0, 255, shape=(3, self.size, self.size), dtype=np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.machine: StageMachine | None = None
+        self.keypoints = self.plan = None
+
+    # the policy sees normalised coordinates; the tracker works in pixels
+    def _obs(self, inner, frame):
+        target = self.machine.target() if self.machine.num_stages else self.plan[0]
+        kp = np.nan_to_num(self.keypoints, nan=COORD_LOW)
+        obs = {"keypoints": np.clip(kp, COORD_LOW, COORD_HIGH).astype(np.float32).ravel(),
+               "subgoal": np.clip(target, COORD_LOW, COORD_HIGH).astype(np.float32).ravel()}
+        if "state" in self.observation_space.spaces:
+            obs["state"] = np.asarray(inner, np.float32)
+        if self.image_obs:
+            obs["image"] = np.ascontiguousarray(np.transpose(frame, (2, 0, 1)))
+        return obs
+
+    def _frame(self, force: bool = False):
+        return self.env.render() if (force or self.tracker.needs_frames or self.image_obs) else None
+
+    def reset(self, *, seed=None, options=None):
+        inner, info = self.env.reset(seed=seed, options=options)
+        frame = self.env.render()
+        plan = np.asarray(self.planner(frame, info), np.float64)
+        if plan.ndim != 3 or plan.shape[1:] != (self.K, 2):
+            raise ValueError(f"planner returned a plan of shape {plan.shape}; expected (M+1, {self.K}, 2)")
+        if len(plan) == 0 or not np.isfinite(plan[0]).all():
+            warnings.warn("planner returned no usable x^0; keypoints start at the image centre", RuntimeWarning)
+            plan = np.full((1, self.K, 2), 0.5)
+        self.plan = plan
+        self.machine = StageMachine(plan, self.cfg)
+        self.tracker.start(frame, plan[0] * self.size)
+        self.keypoints = plan[0].copy()
+        self._ever_success = False
+        info = dict(info, stage=0, num_stages=self.machine.num_stages, reached_last=False)
+        return self._obs(inner, frame), info
+
+    def step(self, action):
+        inner, env_reward, terminated, truncated, info = self.env.step(action)
+        frame = self._frame()
+        uv = np.asarray(self.tracker.update(frame), np.float64)
+        self.keypoints = uv / self.size
+        s = self.machine.step(self.keypoints, bool(info.get("success", False)))
+        self._ever_success |= bool(info.get("success", False))
+        info = dict(info, episode_success=self._ever_success, env_reward=env_reward, stage=s.stage, num_stages=self.machine.num_stages,
+                    distance=s.distance, max_distance=s.max_distance, subgoal_reached=s.stage_reached,
+                    reached_last=s.reached_last, relam_success=s.success)
+        return self._obs(inner, frame), s.reward, bool(terminated or s.terminate), bool(truncated), info

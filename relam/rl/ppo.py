@@ -1,0 +1,411 @@
+"""Hierarchical PPO on Meta-World with the ReLAM reward (paper §4.1, App. A.3; SPEC §6).
+
+Stable-Baselines3 PPO with three additions:
+- GAE cut at subgoal completion: ``GAECutVecEnv`` reports the transition that reached a subgoal as ``done`` TO
+  THE ALGORITHM ONLY. In SB3 a ``done`` only stops the advantage recursion (``episode_starts`` in the rollout
+  buffer); the env below is not reset and the next observation is the ongoing episode's. So advantages are
+  computed per sub-task (paper App. A.3). The cut sits outside ``VecNormalize`` so the return statistics
+  used for reward scaling still see whole episodes.
+- Reward scaling by the running std of the discounted return: ``VecNormalize(norm_obs=False, norm_reward=True)``.
+- Policies: ``keypoints`` (MLP over current keypoints, subgoal, their difference and proprioception; our fast CPU
+  variant) and ``pixels`` (the paper's: 3-layer CNN over the RGB frame + that MLP, concatenated -> MLP).
+
+A run lives in ``results/<profile>/runs/<task>/<method>/seed<k>/``: ``config.json``, ``train.csv`` (per rollout:
+training episodes' success and last-subgoal shares, return, length, fps), ``eval.csv`` (every ``eval_every``
+steps: simulator success share and last-subgoal share over ``eval_episodes`` held-out initial states),
+TensorBoard events under ``tb/``, ``checkpoint.zip`` + ``vecnormalize.pkl`` (atomic, at every evaluation; a rerun
+resumes from them) and, when finished, ``model.zip`` and ``results.json``. A finished run with the same config
+is skipped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relam.io import atomic_path, atomic_write_text
+from relam.reward import RewardConfig
+
+METHODS = ("relam", "relam-gt")
+EVAL_SEED_OFFSET = 1_000_000   # held-out initial states (demos use 0+, offline data 500_000+)
+TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
+
+
+@dataclass
+class PPOConfig:
+    tasks: list[str] = field(default_factory=lambda: ["drawer-open", "door-open", "button-press-wall"])
+    """Meta-World tasks trained with PPO (SPEC §6)."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """'relam' (subgoals from the anticipation model) and/or 'relam-gt' (ground-truth keypoint subgoals)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Training seeds (paper: 5)."""
+    total_steps: int = 1_000_000
+    """Environment steps per run."""
+    policy: str = "pixels"
+    """'pixels' (paper: image + keypoints) or 'keypoints' (keypoints + proprioception; fast CPU variant)."""
+    anticipation_run: str = "task"
+    """Which anticipation model plans for 'relam': 'task' (the per-task model) or 'multitask'."""
+    train_seed_pool: int = 500
+    """Training initial states are drawn from this many task seeds; each is planned once (cached)."""
+    learning_rate: float = 3e-4
+    """Lost in the paper's text; ours."""
+    n_steps: int = 2000
+    """Rollout length per update (paper)."""
+    batch_size: int = 64
+    """Minibatch (paper)."""
+    n_epochs: int = 10
+    """Epochs per update (paper)."""
+    gamma: float = 0.99
+    """Discount (paper)."""
+    gae_lambda: float = 0.95
+    """GAE lambda (paper)."""
+    clip_range: float = 0.2
+    """PPO clip (paper)."""
+    ent_coef: float = 0.0
+    """Entropy bonus (paper)."""
+    vf_coef: float = 0.5
+    """Value loss weight (paper)."""
+    max_grad_norm: float = 0.5
+    """Gradient clip (paper)."""
+    gae_cut: bool = True
+    """Cut GAE at subgoal completion (paper App. A.3); False for the ablation."""
+    normalize_reward: bool = True
+    """Divide rewards by the running std of the discounted return (paper)."""
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden layers of the policy and value MLPs after the feature extractor (ours)."""
+    eval_every: int = 20_000
+    """Evaluate (and checkpoint) every this many environment steps."""
+    eval_episodes: int = 10
+    """Deterministic evaluation episodes, each from a different held-out initial state."""
+    workers: int = 1
+    """Runs trained in parallel processes (one core each)."""
+
+
+# --- environments ---------------------------------------------------------------------------------------
+
+def make_planner(task: str, method: str, cfg):
+    """The (cached) planner of ``method`` for ``task`` under the full config ``cfg``."""
+    from relam.rl.planners import CachedPlanner, ExpertPlanner, ModelPlanner
+
+    if method == "relam":
+        name = task if cfg.ppo.anticipation_run == "task" else "multitask"
+        ckpt = cfg.out / "anticipation" / name / "checkpoint.pt"
+        if not ckpt.exists():
+            raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
+                                    f"./run_all.sh --profile {cfg.profile}) first")
+        return CachedPlanner(ModelPlanner(ckpt, task))
+    if method == "relam-gt":
+        pc = cfg.perception
+        return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
+                                           cfg.demos.extra_frames_after_success))
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None):
+    """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised)."""
+    from relam.envs import make_task
+    from relam.rl.env import ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
+
+    task = make_task(task_name, image_size=cfg.env.image_size)
+    image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
+    if cfg.ppo.policy not in ("pixels", "keypoints"):
+        raise ValueError(f"unknown policy {cfg.ppo.policy!r}; choose 'pixels' or 'keypoints'")
+    return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
+                              reward_config(cfg), image_obs=image_obs, image_size=cfg.env.image_size)
+
+
+def reward_config(cfg) -> RewardConfig:
+    return RewardConfig(**asdict(cfg.reward))
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+def evaluate(model, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET, obs_norm=None) -> dict:
+    """Deterministic episodes from task seeds ``seed_offset + i``; success = the simulator's flag was ever 1."""
+    success, last, stages, returns, lengths = [], [], [], [], []
+    for i in range(episodes):
+        obs, info = env.reset(options={"task_seed": seed_offset + i})
+        ever, ret, n = False, 0.0, 0
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, r, term, trunc, info = env.step(action)
+            ever |= bool(info.get("success", False))
+            ret, n, done = ret + r, n + 1, term or trunc
+        success.append(ever)
+        last.append(bool(info["reached_last"]))
+        stages.append(info["stage"] + info["reached_last"])
+        returns.append(ret)
+        lengths.append(n)
+    return {"success_rate": float(np.mean(success)), "last_subgoal_rate": float(np.mean(last)),
+            "mean_stages": float(np.mean(stages)), "mean_return": float(np.mean(returns)),
+            "mean_length": float(np.mean(lengths)), "episodes": episodes}
+
+
+def _callback(run_dir: Path, eval_env, cfg, state: dict):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RunCallback(BaseCallback):
+        """Logs training episodes (success vs last subgoal), evaluates and checkpoints every eval_every steps."""
+
+        def _on_training_start(self):
+            self.episodes = []
+            self.t_last, self.n_last = time.perf_counter(), self.num_timesteps
+            self.next_eval = (self.num_timesteps // cfg.ppo.eval_every + 1) * cfg.ppo.eval_every
+
+        def _on_step(self):
+            for info in self.locals["infos"]:
+                if "episode" in info:  # the Monitor's end-of-episode record: a real episode end
+                    self.episodes.append((info.get("episode_success", False), info.get("reached_last", False),
+                                          info["episode"]["r"], info["episode"]["l"]))
+            if self.num_timesteps >= self.next_eval:
+                self.next_eval += cfg.ppo.eval_every
+                self._evaluate()
+            return True
+
+        def _on_rollout_end(self):
+            now = time.perf_counter()
+            fps = (self.num_timesteps - self.n_last) / max(now - self.t_last, 1e-9)
+            self.t_last, self.n_last = now, self.num_timesteps
+            if self.episodes:
+                e = np.array(self.episodes, dtype=np.float64)
+                row = [self.num_timesteps, len(e), e[:, 0].mean(), e[:, 1].mean(), e[:, 2].mean(), e[:, 3].mean()]
+            else:
+                row = [self.num_timesteps, 0, "", "", "", ""]
+            self.episodes = []
+            _append_csv(run_dir / "train.csv", ["step", "episodes", "success_rate", "last_subgoal_rate",
+                                                 "episode_return", "episode_length", "fps"], row + [round(fps, 1)])
+            if row[1]:
+                self.logger.record("rollout/success_rate", row[2])
+                self.logger.record("rollout/last_subgoal_rate", row[3])
+
+        def _evaluate(self):
+            res = evaluate(self.model, eval_env, cfg.ppo.eval_episodes)
+            state["evals"].append({"step": self.num_timesteps, **res})
+            _append_csv(run_dir / "eval.csv", ["step"] + list(res), [self.num_timesteps] + list(res.values()))
+            self.logger.record("eval/success_rate", res["success_rate"])
+            self.logger.record("eval/last_subgoal_rate", res["last_subgoal_rate"])
+            save_checkpoint(run_dir, self.model, state)
+            if state.get("progress") is not None:
+                state["progress"](self.num_timesteps, res)
+
+    return RunCallback()
+
+
+def _append_csv(path: Path, header: list, row: list) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(header)
+        w.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
+
+
+def save_checkpoint(run_dir: Path, model, state: dict) -> None:
+    """Model, reward-normaliser statistics and evaluation history, each written atomically."""
+    with atomic_path(run_dir / "checkpoint.zip") as tmp:
+        model.save(tmp)
+        if not tmp.exists() and tmp.with_suffix(tmp.suffix + ".zip").exists():
+            tmp.with_suffix(tmp.suffix + ".zip").rename(tmp)
+    vn = model.get_vec_normalize_env()
+    if vn is not None:
+        with atomic_path(run_dir / "vecnormalize.pkl") as tmp:
+            vn.save(tmp)
+    atomic_write_text(run_dir / "state.json", json.dumps({"step": model.num_timesteps, "evals": state["evals"]}))
+
+
+# --- one run and the grid -------------------------------------------------------------------------------
+
+def run_config(cfg, task: str, method: str, seed: int) -> dict:
+    """What defines a run (its config.json): changing any of it starts the run over."""
+    return {"task": task, "method": method, "seed": seed, "ppo": asdict(cfg.ppo) | {"tasks": None, "methods": None,
+                                                                                     "seeds": None, "workers": None},
+            "reward": asdict(cfg.reward), "keypoints": asdict(cfg.perception.keypoints),
+            "keyframes": asdict(cfg.perception.keyframes), "image_size": cfg.env.image_size, "profile": cfg.profile}
+
+
+def run_dir_of(cfg, task: str, method: str, seed: int) -> Path:
+    return cfg.out / "runs" / task / method / f"seed{seed}"
+
+
+def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
+    """Train (or resume, or skip if finished) one PPO run; returns its results.json content."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    torch.set_num_threads(cfg.torch_threads)
+    run_dir = run_dir_of(cfg, task, method, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rc = run_config(cfg, task, method, seed)
+    rc_json = json.dumps(rc, indent=2, sort_keys=True)
+    same = (run_dir / "config.json").exists() and (run_dir / "config.json").read_text() == rc_json
+    if same and (run_dir / "results.json").exists():
+        return json.loads((run_dir / "results.json").read_text()) | {"skipped": True}
+    if not same:  # another configuration's leftovers: start over
+        for name in ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "results.json",
+                     "model.zip"):
+            (run_dir / name).unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.json", rc_json)
+
+    from relam.rl.hrl import GAECutVecEnv, KeypointFeatures
+
+    p = cfg.ppo
+    planner = make_planner(task, method, cfg)
+    pool = np.arange(TRAIN_SEED_OFFSET, TRAIN_SEED_OFFSET + p.train_seed_pool)
+    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool),
+                                        info_keywords=("episode_success", "reached_last"))])
+    venv.seed(seed)
+    if p.normalize_reward:
+        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=p.gamma)
+    if p.gae_cut:
+        venv = GAECutVecEnv(venv)
+    eval_env = make_env(task, planner, cfg)
+
+    state = {"evals": [], "progress": progress}
+    resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
+    if resumed:
+        if p.normalize_reward and (run_dir / "vecnormalize.pkl").exists():
+            stats = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), venv.venv if p.gae_cut else venv)
+            _unwrap_vecnormalize(venv).ret_rms = stats.ret_rms
+        model = PPO.load(run_dir / "checkpoint.zip", env=venv, device="cpu")
+        state["evals"] = json.loads((run_dir / "state.json").read_text())["evals"]
+        # the CSVs may hold rows written after the checkpoint: keep only what the checkpoint covers
+        _truncate_csv(run_dir / "train.csv", model.num_timesteps)
+        _truncate_csv(run_dir / "eval.csv", model.num_timesteps)
+    else:
+        for name in ("train.csv", "eval.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        model = PPO("MultiInputPolicy", venv, learning_rate=p.learning_rate, n_steps=p.n_steps,
+                    batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
+                    clip_range=p.clip_range, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+                    policy_kwargs={"features_extractor_class": KeypointFeatures,
+                                   "net_arch": {"pi": list(p.net_arch), "vf": list(p.net_arch)}},
+                    seed=seed, device="cpu", verbose=0)
+    from stable_baselines3.common.logger import configure
+    model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
+    t0 = time.perf_counter()
+    start_step = model.num_timesteps
+    remaining = p.total_steps - model.num_timesteps
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+        if remaining > 0:
+            model.learn(remaining, callback=_callback(run_dir, eval_env, cfg, state), reset_num_timesteps=False)
+        if not state["evals"] or state["evals"][-1]["step"] < model.num_timesteps:
+            res = evaluate(model, eval_env, p.eval_episodes)
+            state["evals"].append({"step": model.num_timesteps, **res})
+            _append_csv(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
+    seconds = time.perf_counter() - t0
+    with atomic_path(run_dir / "model.zip") as tmp:
+        model.save(tmp)
+    save_checkpoint(run_dir, model, state)
+    final = state["evals"][-1]
+    results = {"task": task, "method": method, "seed": seed, "steps": int(model.num_timesteps),
+               "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],
+               "final_eval": final, "evals": state["evals"], "seconds_this_session": round(seconds, 1),
+               "steps_per_second": round((model.num_timesteps - start_step) / max(seconds, 1e-9), 1),
+               "resumed": resumed, "policy": p.policy}
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    venv.close()
+    eval_env.close()
+    if hasattr(planner.planner, "close"):
+        planner.planner.close()
+    return results
+
+
+def _unwrap_vecnormalize(venv):
+    from stable_baselines3.common.vec_env import VecNormalize
+    while not isinstance(venv, VecNormalize):
+        venv = venv.venv
+    return venv
+
+
+def _truncate_csv(path: Path, max_step: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:1] + [ln for ln in lines[1:] if int(float(ln.split(",")[0])) <= max_step]
+    atomic_write_text(path, "\n".join(keep) + "\n")
+
+
+def run_grid(cfg, progress: bool = True) -> list[dict]:
+    """Every task x method x seed of the profile; finished runs are skipped, interrupted ones resume.
+    With ``workers > 1`` runs go to that many subprocesses (``python -m relam.rl.ppo``), each on one core,
+    logging to ``<run dir>/stdout.log``; a failed run is reported with the tail of its log."""
+    import subprocess
+    import sys
+
+    from tqdm.auto import tqdm
+
+    # seed-major order: an interrupted grid already has every task x method for the first seeds
+    jobs = [(t, m, s) for s in cfg.ppo.seeds for t in cfg.ppo.tasks for m in cfg.ppo.methods]
+    results = []
+    bar = tqdm(total=len(jobs), desc="PPO runs", disable=not progress, unit="run")
+    if cfg.ppo.workers <= 1:
+        for t, m, s in jobs:
+            bar.set_postfix_str(f"{t}/{m}/seed{s}")
+            results.append(train_run(cfg, t, m, s))
+            bar.update()
+        bar.close()
+        return results
+    cfg_path = cfg.out / "runs" / "grid_config.json"
+    atomic_write_text(cfg_path, json.dumps(cfg.to_dict()))
+    pending, running, failed = list(jobs), [], []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    while pending or running:
+        while pending and len(running) < cfg.ppo.workers:
+            t, m, s = pending.pop(0)
+            rd = run_dir_of(cfg, t, m, s)
+            rd.mkdir(parents=True, exist_ok=True)
+            log = open(rd / "stdout.log", "a")
+            cmd = [sys.executable, "-m", "relam.rl.ppo", "--config-json", str(cfg_path), "--task", t, "--method", m,
+                   "--seed", str(s)]
+            running.append(((t, m, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        time.sleep(1.0)
+        for item in list(running):
+            (t, m, s), proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            rd = run_dir_of(cfg, t, m, s)
+            if proc.returncode == 0 and (rd / "results.json").exists():
+                r = json.loads((rd / "results.json").read_text())
+                results.append(r)
+                bar.set_postfix_str(f"{t}/{m}/seed{s}: {r['success_rate']:.0%}")
+            else:
+                tail = "\n".join((rd / "stdout.log").read_text().splitlines()[-15:])
+                failed.append(f"{t}/{m}/seed{s} (exit {proc.returncode}); end of {rd / 'stdout.log'}:\n{tail}")
+            bar.update()
+    bar.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} PPO run(s) failed (finished runs are kept; rerun to resume):\n"
+                           + "\n\n".join(failed))
+    return results
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train one PPO run (used by run_grid's worker processes).")
+    ap.add_argument("--config-json", required=True, help="a full config saved by run_grid")
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    args = ap.parse_args(argv)
+    from relam.config import config_from_dict
+    cfg = config_from_dict(json.loads(Path(args.config_json).read_text()))
+    r = train_run(cfg, args.task, args.method, args.seed)
+    print(json.dumps({k: v for k, v in r.items() if k != "evals"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

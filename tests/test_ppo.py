@@ -1,0 +1,114 @@
+"""Hierarchical PPO (SPEC §6): the GAE cut on a hand-computed example, and tiny end-to-end runs."""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from relam.config import load_config
+from relam.rl.ppo import train_run
+
+
+class CountingEnv(gym.Env):
+    """Episodes of 4 steps; obs = steps taken; reward = 1, 2, 3, 4; the transition at step index 1 reaches a
+    subgoal. Counts resets so a test can see that the GAE cut does not reset it."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(0, 100, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+        self.resets, self.t, self.trace = 0, 0, []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.resets, self.t = self.resets + 1, 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.trace.append(self.t)
+        return (np.array([self.t], np.float32), float(self.t), self.t == 4, False,
+                {"subgoal_reached": self.t == 2})
+
+
+def test_gae_cut_matches_hand_computation_and_does_not_reset_the_env():
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+    from relam.rl.hrl import GAECutVecEnv
+
+    inner = CountingEnv()
+    venv = GAECutVecEnv(DummyVecEnv([lambda: inner]))
+    gamma, lam = 0.9, 0.8
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, gamma=gamma, gae_lambda=lam, seed=0,
+                device="cpu")
+    model.learn(8)
+    buf = model.rollout_buffer
+    r, v, adv = buf.rewards[:, 0], buf.values[:, 0], buf.advantages[:, 0]
+    assert np.allclose(r, [1, 2, 3, 4, 1, 2, 3, 4])
+    assert inner.resets == 3 and inner.trace == [1, 2, 3, 4, 1, 2, 3, 4]  # reset only at real episode ends
+    ends = {1, 3, 5, 7}  # transitions 1 and 5 reach the subgoal (cut), 3 and 7 end the episode
+    expect, a = np.zeros(8), 0.0
+    for t in reversed(range(8)):
+        nonterminal = 0.0 if t in ends else 1.0
+        nxt = v[t + 1] if t < 7 else 0.0
+        a = r[t] + gamma * nxt * nonterminal - v[t] + gamma * lam * nonterminal * a
+        expect[t] = a
+    np.testing.assert_allclose(adv, expect, rtol=1e-5, atol=1e-5)
+    # no advantage leaks across the boundary: the cut transition's advantage is its own TD error, without V(s')
+    assert adv[1] == pytest.approx(r[1] - v[1], abs=1e-5)
+    assert adv[0] == pytest.approx(r[0] + gamma * v[1] - v[0] + gamma * lam * (r[1] - v[1]), abs=1e-5)
+
+
+def _tiny_cfg(tmp_path, **ppo):
+    base = {"tasks": ["drawer-open"], "methods": ["relam-gt"], "seeds": [0], "total_steps": 400, "n_steps": 200,
+            "batch_size": 50, "n_epochs": 1, "eval_every": 200, "eval_episodes": 1, "train_seed_pool": 2,
+            "policy": "keypoints", "workers": 1}
+    return load_config("smoke", {"results_dir": str(tmp_path / "results"), "ppo": {**base, **ppo}})
+
+
+def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
+    cfg = _tiny_cfg(tmp_path)
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    for name in ("config.json", "train.csv", "eval.csv", "results.json", "model.zip", "checkpoint.zip",
+                 "vecnormalize.pkl"):
+        assert (rd / name).exists(), name
+    assert any((rd / "tb").rglob("events.out.tfevents*"))
+    assert res["steps"] == 400 and 0.0 <= res["success_rate"] <= 1.0 and 0.0 <= res["last_subgoal_rate"] <= 1.0
+    evals = (rd / "eval.csv").read_text().splitlines()
+    assert evals[0].startswith("step,success_rate,last_subgoal_rate") and len(evals) == 3  # steps 200, 400
+    train_rows = (rd / "train.csv").read_text().splitlines()
+    assert len(train_rows) == 3 and train_rows[0].startswith("step,episodes,success_rate,last_subgoal_rate")
+    assert train_run(cfg, "drawer-open", "relam-gt", 0)["skipped"]
+    # interrupted after its last checkpoint: resumes from it instead of training again
+    (rd / "results.json").unlink()
+    (rd / "model.zip").unlink()
+    again = train_run(cfg, "drawer-open", "relam-gt", 0)
+    assert again["resumed"] and again["steps"] == 400 and len((rd / "eval.csv").read_text().splitlines()) == 3
+    # a changed config starts over
+    cfg.reward.delta = 0.05
+    assert not train_run(cfg, "drawer-open", "relam-gt", 0)["resumed"]
+
+
+def test_tiny_pixel_policy_with_generated_subgoals(tmp_path):
+    """The paper's setting end to end: image + keypoints policy, subgoals from an anticipation checkpoint."""
+    from relam.models.anticipation import AnticipationModel, AnticipationModelConfig
+    from relam.models.train_anticipation import AnticipationConfig, save_checkpoint
+
+    cfg = _tiny_cfg(tmp_path, methods=["relam"], policy="pixels", total_steps=200, n_steps=100, eval_every=200)
+    acfg = AnticipationConfig(model=AnticipationModelConfig(d_model=32, n_layers=1, n_heads=2, cnn_channels=8,
+                                                            cnn_grid=2, max_subgoals=4))
+    torch.manual_seed(0)
+    model = AnticipationModel(acfg.model)
+    save_checkpoint(cfg.out / "anticipation" / "drawer-open" / "checkpoint.pt", model, None, 0, acfg,
+                    {"tasks": ["drawer-open"], "task_frames": np.zeros((1, 128, 128, 3), np.uint8)})
+    res = train_run(cfg, "drawer-open", "relam", 0)
+    assert res["steps"] == 200 and res["policy"] == "pixels"
+    saved = json.loads((cfg.out / "runs" / "drawer-open" / "relam" / "seed0" / "config.json").read_text())
+    assert saved["ppo"]["policy"] == "pixels"
+
+
+def test_missing_anticipation_model_names_the_notebook(tmp_path):
+    cfg = _tiny_cfg(tmp_path, methods=["relam"])
+    with pytest.raises(FileNotFoundError, match="04_anticipation"):
+        train_run(cfg, "drawer-open", "relam", 0)

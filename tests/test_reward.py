@@ -1,0 +1,205 @@
+"""The ReLAM reward (SPEC §5): reward shapes, the stage machine, relabelling, and the gymnasium wrapper."""
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from relam.reward import REWARD_FUNCTIONS, RewardConfig, StageMachine, relabel, reward_function
+from relam.rl.env import ReLAMRewardWrapper
+
+
+@pytest.mark.parametrize("name", REWARD_FUNCTIONS)
+def test_reward_functions_share_range_and_decrease(name):
+    cfg = RewardConfig(function=name)
+    f = reward_function(cfg)
+    d = np.linspace(0, 2 * cfg.d_max, 401)
+    r = f(d)
+    assert f(0.0) == pytest.approx(0.0, abs=1e-12)
+    assert f(cfg.d_max) == pytest.approx(-1.0, abs=1e-12)
+    assert np.all(r <= 1e-12) and np.all(r >= -1 - 1e-12)
+    assert np.all(np.diff(r) <= 1e-12)                       # monotone non-increasing
+    assert np.all(np.diff(r[d <= cfg.d_max]) < 0)             # strictly decreasing inside [0, d_max]
+    assert np.allclose(r[d >= cfg.d_max], -1.0)               # clipped beyond d_max
+
+
+def test_piecewise_slopes_grow_towards_the_goal():
+    cfg = RewardConfig()
+    f = reward_function(cfg)
+    near = (f(0.0) - f(0.01)) / 0.01
+    far = (f(0.4) - f(0.41)) / 0.01
+    assert near == pytest.approx(2 / cfg.d_max) and far == pytest.approx(2 / (3 * cfg.d_max))
+    assert near > 2.5 * far
+
+
+def _plan():
+    # x0, g1, g2 for K = 2 points
+    return np.array([[[0.1, 0.1], [0.5, 0.5]],
+                     [[0.3, 0.1], [0.5, 0.5]],
+                     [[0.3, 0.1], [0.7, 0.5]]])
+
+
+def test_stage_machine_advances_pays_bonuses_and_ends_on_env_success():
+    cfg = RewardConfig()
+    m = StageMachine(_plan(), cfg)
+    f = reward_function(cfg)
+    s = m.step(np.array([[0.1, 0.1], [0.5, 0.5]]))           # at x0: 0.1 from g1 on point 0
+    assert not s.stage_reached and s.stage == 0 and s.reward == pytest.approx(float(f(0.1)))
+    s = m.step(np.array([[0.3, 0.1], [0.5, 0.5]]))           # on g1
+    assert s.stage_reached and s.stage == 1 and s.reward == pytest.approx(1.0)
+    s = m.step(np.array([[0.3, 0.1], [0.7, 0.5]]))           # on g2 = last subgoal: bonus, episode goes on
+    assert s.stage_reached and s.reached_last and not s.terminate and s.reward == pytest.approx(1.0)
+    s = m.step(np.array([[0.3, 0.1], [0.7, 0.5]]))           # no second bonus for staying there
+    assert not s.stage_reached and s.reward == pytest.approx(0.0)
+    s = m.step(np.array([[0.3, 0.1], [0.72, 0.5]]), env_success=True)
+    assert s.success and s.terminate and s.reward == pytest.approx(float(f(0.01)) + 10.0)
+
+
+def test_max_criterion_needs_every_point_but_mean_does_not():
+    # point 0 on target, point 1 0.06 away: mean 0.03 < delta, max 0.06 > delta
+    pts = np.array([[0.3, 0.1], [0.56, 0.5]])
+    assert not StageMachine(_plan(), RewardConfig(criterion="max")).step(pts).stage_reached
+    assert StageMachine(_plan(), RewardConfig(criterion="mean")).step(pts).stage_reached
+
+
+def test_subgoal_success_source_fires_on_last_subgoal_and_env_source_ignores_it():
+    on_g1, on_g2 = np.array([[0.3, 0.1], [0.5, 0.5]]), np.array([[0.3, 0.1], [0.7, 0.5]])
+    m = StageMachine(_plan(), RewardConfig(success_source="subgoals"))
+    m.step(on_g1)
+    s = m.step(on_g2)
+    assert s.success and s.terminate and s.reward == pytest.approx(11.0)
+    m = StageMachine(_plan(), RewardConfig(success_source="env"))
+    m.step(on_g1)
+    s = m.step(on_g2, env_success=False)
+    assert not s.success and not s.terminate
+
+
+def test_relabel_matches_hand_computed_rewards():
+    cfg = RewardConfig()
+    f = reward_function(cfg)
+    tracks = np.array([[[0.1, 0.1], [0.5, 0.5]],     # s0
+                       [[0.2, 0.1], [0.5, 0.5]],     # s1: 0.1 from g1 on point 0 -> mean 0.05
+                       [[0.3, 0.1], [0.5, 0.5]],     # s2: on g1 -> stage bonus
+                       [[0.3, 0.1], [0.6, 0.5]],     # s3: 0.1 from g2 on point 1 -> mean 0.05
+                       [[0.3, 0.1], [0.7, 0.5]],     # s4: on g2, env success on this transition
+                       [[0.3, 0.1], [0.7, 0.5]]])    # s5: after the end
+    out = relabel(tracks, _plan(), np.array([0, 0, 0, 1, 1], bool), cfg)
+    expect = [f(0.05), 1.0, f(0.05), 1.0 + 10.0, 0.0]
+    assert np.allclose(out["reward"], expect)
+    assert out["stage"].tolist() == [0, 1, 1, 1, 1]
+    assert out["stage_reached"].tolist() == [False, True, False, True, False]
+    assert out["success"].tolist() == [False, False, False, True, False]
+    assert out["terminal"].tolist() == [False, False, False, True, True]
+
+
+def test_empty_plan_and_nan_keypoints_warn_but_stay_defined():
+    with pytest.warns(RuntimeWarning, match="empty subgoal plan"):
+        m = StageMachine(_plan()[:1])
+    s = m.step(np.array([[0.2, 0.2], [0.4, 0.4]]), env_success=True)
+    assert s.reward == pytest.approx(10.0) and s.terminate and m.num_stages == 0
+    m = StageMachine(_plan())
+    m.step(np.array([[0.2, 0.1], [0.5, 0.5]]))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        s = m.step(np.array([[np.nan, np.nan], [0.5, 0.5]]))
+    assert np.isfinite(s.reward) and s.distance == pytest.approx(0.05)  # held at the last finite position
+    m = StageMachine(_plan())
+    with pytest.warns(RuntimeWarning):
+        s = m.step(np.array([[np.nan, np.nan], [0.5, 0.5]]))          # never seen: counts as d_max away
+    assert s.distance == pytest.approx(0.25) and np.isfinite(s.reward)
+
+
+def test_bad_reward_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown reward function"):
+        RewardConfig(function="cubic")
+    with pytest.raises(ValueError, match="criterion"):
+        RewardConfig(criterion="median")
+
+
+# --- the gymnasium wrapper --------------------------------------------------------------------------------
+
+class PointEnv(gym.Env):
+    """A 2-D point that the action moves; renders a 32 px frame; success when it reaches (0.8, 0.5)."""
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self):
+        self.render_mode = "rgb_array"
+        self.observation_space = gym.spaces.Box(-5.0, 5.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.resets, self.pos = 0, np.zeros(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.resets += 1
+        self.pos = np.array([0.2, 0.5]) + self.np_random.uniform(-0.01, 0.01, 2)
+        return self.pos.astype(np.float32), {"task_seed": 0}
+
+    def step(self, action):
+        self.pos = self.pos + 0.05 * np.clip(action, -1, 1)
+        success = bool(np.linalg.norm(self.pos - [0.8, 0.5]) < 0.03)
+        return self.pos.astype(np.float32), 0.0, False, False, {"success": success}
+
+    def render(self):
+        return np.zeros((32, 32, 3), np.uint8)
+
+
+class PointTracker:
+    needs_frames = False
+
+    def __init__(self, env):
+        self.env = env
+
+    def start(self, frame, uv):
+        pass
+
+    def update(self, frame):
+        return np.repeat(self.env.pos[None] * 32, 2, axis=0)
+
+
+def _point_wrapper(plan=None, **kw):
+    env = PointEnv()
+    plan = np.array([[[0.2, 0.5]] * 2, [[0.5, 0.5]] * 2, [[0.8, 0.5]] * 2]) if plan is None else plan
+    return ReLAMRewardWrapper(env, lambda frame, info: plan, PointTracker(env), num_keypoints=2, **kw), env
+
+
+def test_wrapper_passes_gymnasium_env_checker():
+    from gymnasium.utils.env_checker import check_env
+    wrapped, _ = _point_wrapper(image_obs=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the checker reports problems as warnings
+        warnings.filterwarnings("ignore", message=".*different from the unwrapped version.*")
+        check_env(wrapped, skip_render_check=True)
+
+
+def test_wrapper_rewards_stage_progress_and_reports_it():
+    wrapped, env = _point_wrapper()
+    obs, info = wrapped.reset(seed=0)
+    assert set(obs) == {"keypoints", "subgoal", "state"} and info["num_stages"] == 2
+    assert np.allclose(obs["subgoal"], [0.5, 0.5] * 2)
+    stages, total = [], 0.0
+    for _ in range(30):
+        obs, r, term, trunc, info = wrapped.step(np.array([1.0, 0.0]))
+        total += r
+        stages.append(info["subgoal_reached"])
+        if term:
+            break
+    assert term and info["success"] and info["relam_success"] and info["reached_last"]
+    assert sum(stages) == 2 and env.resets == 1
+    assert 5.0 < total < 12.0  # 2 stage bonuses + success bonus, minus the distance terms on the way
+
+
+def test_wrapper_on_a_simulated_task_with_the_sim_tracker(task_cache):
+    """Real Meta-World task, fixed plan on the arm: the sim tracker's keypoints follow the arm."""
+    from relam.rl.env import SimOnlineTracker, TaskEnv
+    task = task_cache("drawer-open")
+    env = TaskEnv(task, seed_pool=[3])
+    task.reset(3)
+    arm = np.argwhere(task.masks()["robot arm"])[:, ::-1] + 0.5
+    x0 = arm[[0, len(arm) // 2]] / task.image_size
+    plan = np.stack([x0, x0 + [0.0, 0.2]])
+    wrapped = ReLAMRewardWrapper(env, lambda f, i: plan, SimOnlineTracker(task), num_keypoints=2)
+    obs, info = wrapped.reset(seed=0)
+    assert info["task_seed"] == 3 and np.allclose(obs["keypoints"], x0.ravel(), atol=1e-5)
+    for _ in range(10):
+        obs, r, term, trunc, info = wrapped.step(np.array([0.0, 0.0, -1.0, 0.0]))  # hand moves down
+    assert -1.0 <= r <= 0.0
+    assert np.mean(obs["keypoints"].reshape(2, 2)[:, 1] - x0[:, 1]) > 0.005  # image y grows when the arm lowers
