@@ -140,15 +140,16 @@ class StageMachine:
         return self.targets[self.k] if self.num_stages else None
 
     def _clean(self, points: np.ndarray) -> np.ndarray:
-        pts = np.asarray(points, np.float64).copy()
-        bad = ~np.isfinite(pts).all(-1)
-        if bad.any():
-            warnings.warn(f"tracker returned non-finite coordinates for {int(bad.sum())} keypoint(s); holding "
-                          "their last finite position", RuntimeWarning, stacklevel=3)
-            if self._last_finite is not None:
-                pts[bad] = self._last_finite[bad]
-        self._last_finite = np.where(np.isfinite(pts), pts, np.nan if self._last_finite is None
-                                     else self._last_finite)
+        pts = np.asarray(points, np.float64)
+        finite = np.isfinite(pts).all(-1)
+        if finite.all():                      # the common case, kept cheap: this runs every env step
+            self._last_finite = pts
+            return pts
+        warnings.warn(f"tracker returned non-finite coordinates for {int((~finite).sum())} keypoint(s); holding "
+                      "their last finite position", RuntimeWarning, stacklevel=3)
+        held = np.full_like(pts, np.nan) if self._last_finite is None else self._last_finite
+        pts = np.where(finite[:, None], pts, held)
+        self._last_finite = pts
         return pts
 
     def step(self, points: np.ndarray, env_success: bool = False) -> StepReward:

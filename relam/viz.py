@@ -41,6 +41,13 @@ def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip("."))
+    try:  # in a notebook show it inline: closing it below would otherwise hide it
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            from IPython.display import display
+            display(fig)
+    except ImportError:
+        pass
     plt.close(fig)
     return path
 

@@ -148,7 +148,7 @@ class PointTracker:
     def __init__(self, env):
         self.env = env
 
-    def start(self, frame, uv):
+    def start(self, frame, uv, info=None):
         pass
 
     def update(self, frame):

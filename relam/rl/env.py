@@ -70,8 +70,8 @@ class TaskEnv(gym.Env):
 class OnlineTracker(Protocol):
     needs_frames: bool
 
-    def start(self, frame: np.ndarray | None, queries_uv: np.ndarray) -> None:
-        """Begin tracking the (N, 2) pixel queries on the episode's first frame."""
+    def start(self, frame: np.ndarray | None, queries_uv: np.ndarray, info: dict | None = None) -> None:
+        """Begin tracking the (N, 2) pixel queries on the episode's first frame (``info``: the reset info)."""
 
     def update(self, frame: np.ndarray | None) -> np.ndarray:
         """(N, 2) pixel positions on the new frame (NaN where lost)."""
@@ -80,15 +80,23 @@ class OnlineTracker(Protocol):
 class SimOnlineTracker:
     """Exact tracker from simulator state (SPEC §6): each query pixel is lifted with frame-0 depth and
     segmentation, attached to the body under it and re-projected from the body poses every step. Needs no
-    rendering per step (``needs_frames = False``): ~20 µs per step."""
+    rendering per step (``needs_frames = False``): ~20 µs per step. The lifting depends only on the initial
+    state, so it is cached per (task seed, queries): a warm episode start renders nothing."""
 
     needs_frames = False
 
-    def __init__(self, task: Task):
-        self.task, self._gt = task, None
+    def __init__(self, task: Task, cache_size: int = 10_000):
+        self.task, self._gt, self._cache, self.cache_size = task, None, {}, cache_size
 
-    def start(self, frame, queries_uv):
+    def start(self, frame, queries_uv, info=None):
+        seed = None if not info else info.get("task_seed")
+        key = None if seed is None else (seed, np.asarray(queries_uv, np.float64).tobytes())
+        if key is not None and key in self._cache:
+            self._gt = self._cache[key]
+            return
         self._gt = self.task.tracker(queries_uv)
+        if key is not None and len(self._cache) < self.cache_size:
+            self._cache[key] = self._gt
 
     def update(self, frame=None):
         return self._gt.track(self.task.body_poses())
@@ -106,7 +114,7 @@ class LKOnlineTracker:
         self.fb = fb_threshold
         self._gray = self._pts = None
 
-    def start(self, frame, queries_uv):
+    def start(self, frame, queries_uv, info=None):
         import cv2
         self._gray = cv2.cvtColor(np.asarray(frame, np.uint8), cv2.COLOR_RGB2GRAY)
         self._pts = (np.asarray(queries_uv, np.float32) - 0.5).reshape(-1, 1, 2)  # OpenCV centres at integers
@@ -125,7 +133,9 @@ class LKOnlineTracker:
 
 # --- the reward wrapper -------------------------------------------------------------------------------
 
-Planner = Callable[[np.ndarray, dict], np.ndarray]  # (first frame, reset info) -> (M+1, K, 2) normalised plan
+# (first frame, reset info) -> (M+1, K, 2) normalised plan. A planner may also offer ``lookup(info)`` -> plan or
+# None (a cache): then the wrapper renders the first frame only when the plan is not known yet.
+Planner = Callable[[np.ndarray, dict], np.ndarray]
 
 
 class ReLAMRewardWrapper(gym.Wrapper):
@@ -155,7 +165,7 @@ class ReLAMRewardWrapper(gym.Wrapper):
     # the policy sees normalised coordinates; the tracker works in pixels
     def _obs(self, inner, frame):
         target = self.machine.target() if self.machine.num_stages else self.plan[0]
-        kp = np.nan_to_num(self.keypoints, nan=COORD_LOW)
+        kp = self.keypoints if np.isfinite(self.keypoints).all() else np.nan_to_num(self.keypoints, nan=COORD_LOW)
         obs = {"keypoints": np.clip(kp, COORD_LOW, COORD_HIGH).astype(np.float32).ravel(),
                "subgoal": np.clip(target, COORD_LOW, COORD_HIGH).astype(np.float32).ravel()}
         if "state" in self.observation_space.spaces:
@@ -169,8 +179,12 @@ class ReLAMRewardWrapper(gym.Wrapper):
 
     def reset(self, *, seed=None, options=None):
         inner, info = self.env.reset(seed=seed, options=options)
-        frame = self.env.render()
-        plan = np.asarray(self.planner(frame, info), np.float64)
+        lookup = getattr(self.planner, "lookup", None)   # a cached plan needs no first frame
+        plan = lookup(info) if lookup is not None else None
+        frame = self.env.render() if plan is None or self.tracker.needs_frames or self.image_obs else None
+        if plan is None:
+            plan = self.planner(frame, info)
+        plan = np.asarray(plan, np.float64)
         if plan.ndim != 3 or plan.shape[1:] != (self.K, 2):
             raise ValueError(f"planner returned a plan of shape {plan.shape}; expected (M+1, {self.K}, 2)")
         if len(plan) == 0 or not np.isfinite(plan[0]).all():
@@ -178,7 +192,7 @@ class ReLAMRewardWrapper(gym.Wrapper):
             plan = np.full((1, self.K, 2), 0.5)
         self.plan = plan
         self.machine = StageMachine(plan, self.cfg)
-        self.tracker.start(frame, plan[0] * self.size)
+        self.tracker.start(frame, plan[0] * self.size, info)
         self.keypoints = plan[0].copy()
         self._ever_success = False
         info = dict(info, stage=0, num_stages=self.machine.num_stages, reached_last=False)

@@ -78,6 +78,10 @@ class CachedPlanner:
         self.planner, self.cache = planner, {}
         self.num_keypoints = planner.num_keypoints
 
+    def lookup(self, info):
+        key = None if not info else info.get("task_seed")
+        return self.cache.get(key) if key is not None else None
+
     def __call__(self, frame, info=None):
         key = None if not info else info.get("task_seed")
         if key is None:

@@ -1,0 +1,61 @@
+"""Env steps/s with the ReLAM reward wrapper against the bare env, measured in the same run (issue 5 target:
+overhead <= 10 % with the sim tracker and the keypoint-only policy, i.e. no rendering per step).
+
+Random actions, 200-step episodes over a pool of initial states. Two wrapper numbers: ``warm`` (every pool seed
+already planned, as in most of an RL run: plans are cached per seed) and ``cold`` (every episode plans anew: one
+render + anticipation-model call or expert rollout per episode). Rounds alternate bare / wrapped to share noise.
+
+    python benchmarks/reward_overhead.py --task drawer-open --method relam --steps 4000
+"""
+import argparse
+import time
+
+import numpy as np
+
+from relam.config import load_config
+from relam.rl.env import TaskEnv
+from relam.rl.ppo import make_env, make_planner
+
+
+def run(env, steps: int, seed: int, reset_options=None) -> float:
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        if term or trunc:
+            env.reset()
+    return steps / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--task", default="drawer-open")
+    ap.add_argument("--method", default="relam", choices=["relam", "relam-gt"])
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pool", type=int, default=4)
+    a = ap.parse_args()
+    cfg = load_config(a.profile, {"ppo": {"policy": "keypoints"}})
+    planner = make_planner(a.task, a.method, cfg)
+    pool = np.arange(a.pool)
+    wrapped = make_env(a.task, planner, cfg, seed_pool=pool)
+    cold = make_env(a.task, planner.planner, cfg, seed_pool=pool)  # the planner without its cache
+    bare = TaskEnv(wrapped.unwrapped.task, seed_pool=pool)
+    for s in pool:  # warm the plan cache
+        wrapped.reset(options={"task_seed": int(s)})
+    fps = {"bare": [], "wrapped_warm": [], "wrapped_cold": []}
+    for r in range(a.rounds):
+        fps["bare"].append(run(bare, a.steps, r))
+        fps["wrapped_warm"].append(run(wrapped, a.steps, r))
+        fps["wrapped_cold"].append(run(cold, a.steps, r))
+    med = {k: float(np.median(v)) for k, v in fps.items()}
+    print(f"task {a.task}, method {a.method}, {a.steps} steps x {a.rounds} rounds (median steps/s)")
+    for k, v in med.items():
+        print(f"  {k:13s} {v:8.1f} steps/s   ratio to bare {v / med['bare']:.3f}   overhead "
+              f"{100 * (med['bare'] / v - 1):5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
