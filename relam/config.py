@@ -20,6 +20,7 @@ from relam.perception.keyframes import KeyframeConfig
 from relam.perception.keypoints import KeypointConfig
 from relam.platform import REPO_ROOT
 from relam.reward import RewardConfig
+from relam.rl.iql import IQLConfig
 from relam.rl.ppo import PPOConfig
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -91,6 +92,7 @@ class Config:
     anticipation: AnticipationConfig = field(default_factory=AnticipationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
 
     @property
     def out(self) -> Path:
@@ -136,7 +138,7 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
     env_override = os.environ.get("RELAM_RESULTS_DIR")
     if env_override and not cfg.results_dir:
         cfg.results_dir = env_override
-    for t in list(cfg.env.tasks) + list(cfg.offline.tasks) + list(cfg.ppo.tasks):
+    for t in list(cfg.env.tasks) + list(cfg.offline.tasks) + list(cfg.ppo.tasks) + list(cfg.iql.tasks):
         check_task_name(t)
     cfg.reward.__post_init__()  # re-validate after the overrides
     return cfg

@@ -32,3 +32,25 @@ def test_relabel_dataset_is_consistent_with_the_reward(tmp_path):
     assert s["episodes"] == 2 and 0 <= s["episodes_last_subgoal"] <= 1 and 0 <= s["episodes_success"] <= 1
     mtime = path.stat().st_mtime_ns
     assert relabel_dataset(cfg, "PushCube", "relam-gt", progress=False) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_iql_smoke_fit_writes_a_checkpoint_that_loads_and_evaluates(tmp_path):
+    import d3rlpy
+
+    from relam.data.demos import collect_offline
+    from relam.rl.iql import flat_observation, train_run
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": 1, "n_noisy": 1},
+                                "iql": {"epochs": 2, "steps_per_epoch": 20, "eval_every_epochs": 1,
+                                        "eval_episodes": 1}})
+    collect_offline(cfg, "PushCube", progress=False)
+    res = train_run(cfg, "PushCube", "relam-gt", 0)
+    rd = cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
+    for name in ("config.json", "train.csv", "eval.csv", "checkpoint.d3", "model.d3", "results.json"):
+        assert (rd / name).exists(), name
+    assert res["steps"] == 40 and 0 <= res["success_rate"] <= 1 and len(res["evals"]) == 2
+    assert res["final_eval"]["episodes"] == 1  # one simulator episode ran end to end
+    algo = d3rlpy.load_learnable(str(rd / "model.d3"), device="cpu:0")
+    x = flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))[None]
+    assert algo.predict(x).shape == (1, 4)
+    assert train_run(cfg, "PushCube", "relam-gt", 0)["skipped"]
