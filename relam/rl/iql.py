@@ -132,10 +132,12 @@ def _append_csv(path: Path, header: list, row: list) -> None:
 def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) -> dict:
     """Relabel (if needed), train (or resume, or skip) one IQL run and evaluate it in the simulator."""
     import d3rlpy
+    import torch
 
     from relam.rl.ppo import make_env, make_planner, run_dir_of
     from relam.rl.relabel import dataset_summary, relabel_dataset
 
+    torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
     c = cfg.iql
     run_dir = run_dir_of(cfg, task, method, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
