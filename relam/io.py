@@ -23,3 +23,26 @@ def atomic_path(path: Path | str):
 def atomic_write_text(path: Path | str, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def append_csv_row(path: Path | str, header: list, row: list) -> None:
+    """Append one row (floats to 4 decimals), writing the header first if the file is new. Curves only: a row
+    lost in a crash is rewritten on resume (see ``truncate_csv_rows``)."""
+    import csv
+    path = Path(path)
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(header)
+        w.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
+
+
+def truncate_csv_rows(path: Path | str, max_key: float) -> None:
+    """Keep the header and the rows whose first column is <= max_key (rows written after a checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:1] + [ln for ln in lines[1:] if float(ln.split(",")[0]) <= max_key]
+    atomic_write_text(path, "\n".join(keep) + "\n")

@@ -13,7 +13,6 @@ eval.csv, checkpoint.d3 + state.json (every evaluation; a rerun resumes), model.
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relam.io import atomic_path, atomic_write_text
+from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 
 METHODS = ("relam", "relam-gt", "env-reward")
 EVAL_SEED_OFFSET = 1_000_000
@@ -120,15 +119,6 @@ def evaluate(algo, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET) -> d
             "episodes": episodes}
 
 
-def _append_csv(path: Path, header: list, row: list) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.writer(fh)
-        if new:
-            w.writerow(header)
-        w.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
-
-
 def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) -> dict:
     """Relabel (if needed), train (or resume, or skip) one IQL run and evaluate it in the simulator."""
     import d3rlpy
@@ -165,11 +155,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
         algo = d3rlpy.load_learnable(str(run_dir / "checkpoint.d3"), device="cpu:0")
         state = json.loads((run_dir / "state.json").read_text())
         for name in ("train.csv", "eval.csv"):  # drop rows written after the checkpoint
-            p = run_dir / name
-            if p.exists():
-                lines = p.read_text().splitlines()
-                keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= state["epoch"]]
-                atomic_write_text(p, "\n".join(keep) + "\n")
+            truncate_csv_rows(run_dir / name, state["epoch"])
     else:
         algo = make_algo(c, seed)
         for name in ("train.csv", "eval.csv"):
@@ -183,13 +169,13 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                         show_progress=progress, save_interval=10 ** 9,
                         logger_adapter=d3rlpy.logging.NoopAdapterFactory())
         for i, (_, metrics) in enumerate(hist):
-            _append_csv(run_dir / "train.csv", ["epoch"] + sorted(metrics),
+            append_csv_row(run_dir / "train.csv", ["epoch"] + sorted(metrics),
                         [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
         res = evaluate(algo, env, c.eval_episodes)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
-        _append_csv(run_dir / "eval.csv", ["epoch", "step"] + list(res),
+        append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
                     [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
         with atomic_path(run_dir / "checkpoint.d3") as tmp:
             algo.save(str(tmp))

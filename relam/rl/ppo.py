@@ -19,7 +19,6 @@ is skipped.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relam.io import atomic_path, atomic_write_text
+from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 from relam.reward import RewardConfig
 
 METHODS = ("relam", "relam-gt")
@@ -127,7 +126,7 @@ def reward_config(cfg) -> RewardConfig:
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
-def evaluate(model, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET, obs_norm=None) -> dict:
+def evaluate(model, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
     """Deterministic episodes from task seeds ``seed_offset + i``; success = the simulator's flag was ever 1."""
     success, last, stages, returns, lengths = [], [], [], [], []
     for i in range(episodes):
@@ -180,7 +179,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
             else:
                 row = [self.num_timesteps, 0, "", "", "", ""]
             self.episodes = []
-            _append_csv(run_dir / "train.csv", ["step", "episodes", "success_rate", "last_subgoal_rate",
+            append_csv_row(run_dir / "train.csv", ["step", "episodes", "success_rate", "last_subgoal_rate",
                                                  "episode_return", "episode_length", "fps"], row + [round(fps, 1)])
             if row[1]:
                 self.logger.record("rollout/success_rate", row[2])
@@ -189,7 +188,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
         def _evaluate(self):
             res = evaluate(self.model, eval_env, cfg.ppo.eval_episodes)
             state["evals"].append({"step": self.num_timesteps, **res})
-            _append_csv(run_dir / "eval.csv", ["step"] + list(res), [self.num_timesteps] + list(res.values()))
+            append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [self.num_timesteps] + list(res.values()))
             self.logger.record("eval/success_rate", res["success_rate"])
             self.logger.record("eval/last_subgoal_rate", res["last_subgoal_rate"])
             save_checkpoint(run_dir, self.model, state)
@@ -197,15 +196,6 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
                 state["progress"](self.num_timesteps, res)
 
     return RunCallback()
-
-
-def _append_csv(path: Path, header: list, row: list) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.writer(fh)
-        if new:
-            w.writerow(header)
-        w.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
 
 
 def save_checkpoint(run_dir: Path, model, state: dict) -> None:
@@ -278,8 +268,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
         model = PPO.load(run_dir / "checkpoint.zip", env=venv, device="cpu")
         state["evals"] = json.loads((run_dir / "state.json").read_text())["evals"]
         # the CSVs may hold rows written after the checkpoint: keep only what the checkpoint covers
-        _truncate_csv(run_dir / "train.csv", model.num_timesteps)
-        _truncate_csv(run_dir / "eval.csv", model.num_timesteps)
+        truncate_csv_rows(run_dir / "train.csv", model.num_timesteps)
+        truncate_csv_rows(run_dir / "eval.csv", model.num_timesteps)
     else:
         for name in ("train.csv", "eval.csv"):
             (run_dir / name).unlink(missing_ok=True)
@@ -301,7 +291,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
         if not state["evals"] or state["evals"][-1]["step"] < model.num_timesteps:
             res = evaluate(model, eval_env, p.eval_episodes)
             state["evals"].append({"step": model.num_timesteps, **res})
-            _append_csv(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
+            append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
     seconds = time.perf_counter() - t0
     with atomic_path(run_dir / "model.zip") as tmp:
         model.save(tmp)
@@ -325,14 +315,6 @@ def _unwrap_vecnormalize(venv):
     while not isinstance(venv, VecNormalize):
         venv = venv.venv
     return venv
-
-
-def _truncate_csv(path: Path, max_step: int) -> None:
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = lines[:1] + [ln for ln in lines[1:] if int(float(ln.split(",")[0])) <= max_step]
-    atomic_write_text(path, "\n".join(keep) + "\n")
 
 
 def run_grid(cfg, progress: bool = True) -> list[dict]:
