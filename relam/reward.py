@@ -124,7 +124,6 @@ class StageMachine:
             raise ValueError(f"subgoal plan must be (M+1, K, 2), got shape {plan.shape}")
         self.cfg, self.f = cfg, reward_function(cfg)
         self.targets = plan[1:]
-        self.start = plan[0] if len(plan) else None
         self.k = 0
         self.reached_last = False
         self._last_finite = None

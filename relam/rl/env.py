@@ -174,8 +174,8 @@ class ReLAMRewardWrapper(gym.Wrapper):
             obs["image"] = np.ascontiguousarray(np.transpose(frame, (2, 0, 1)))
         return obs
 
-    def _frame(self, force: bool = False):
-        return self.env.render() if (force or self.tracker.needs_frames or self.image_obs) else None
+    def _frame(self):
+        return self.env.render() if (self.tracker.needs_frames or self.image_obs) else None
 
     def reset(self, *, seed=None, options=None):
         inner, info = self.env.reset(seed=seed, options=options)

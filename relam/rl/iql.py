@@ -14,6 +14,7 @@ eval.csv, checkpoint.d3 + state.json (every evaluation; a rerun resumes), model.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
+from relam.rl.runs import begin_run, evaluate_policy, run_dir_of
 
 METHODS = ("relam", "relam-gt", "env-reward")
-EVAL_SEED_OFFSET = 1_000_000
 
 
 @dataclass
@@ -99,24 +100,11 @@ def make_algo(c: IQLConfig, seed: int):
     ).create(device="cpu:0")
 
 
-def evaluate(algo, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
-    """Greedy episodes in the simulator through the ReLAM wrapper; success = the simulator's flag was ever 1."""
-    success, last, returns, env_returns = [], [], [], []
-    for i in range(episodes):
-        obs, info = env.reset(options={"task_seed": seed_offset + i})
-        ever, ret, env_ret, done = False, 0.0, 0.0, False
-        while not done:
-            x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])[None]
-            obs, r, term, trunc, info = env.step(algo.predict(x)[0])
-            ever |= bool(info.get("success", False))
-            ret, env_ret, done = ret + r, env_ret + info.get("env_reward", 0.0), term or trunc
-        success.append(ever)
-        last.append(bool(info["reached_last"]))
-        returns.append(ret)
-        env_returns.append(env_ret)
-    return {"success_rate": float(np.mean(success)), "last_subgoal_rate": float(np.mean(last)),
-            "mean_return": float(np.mean(returns)), "mean_env_return": float(np.mean(env_returns)),
-            "episodes": episodes}
+def evaluate(algo, env, episodes: int) -> dict:
+    """Greedy IQL policy on held-out initial states (``relam.rl.runs.evaluate_policy``)."""
+    return evaluate_policy(
+        lambda obs: algo.predict(flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])[None])[0],
+        env, episodes)
 
 
 def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) -> dict:
@@ -124,23 +112,18 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     import d3rlpy
     import torch
 
-    from relam.rl.ppo import make_env, make_planner, run_dir_of
+    from relam.rl.ppo import make_env, make_planner
     from relam.rl.relabel import dataset_summary, relabel_dataset
 
     torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
     c = cfg.iql
     run_dir = run_dir_of(cfg, task, method, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rc_json = json.dumps({"task": task, "method": method, "seed": seed, "algo": "iql",
-                          "iql": asdict(c) | {"tasks": None, "methods": None, "seeds": None},
-                          "reward": asdict(cfg.reward), "profile": cfg.profile}, indent=2, sort_keys=True)
-    same = (run_dir / "config.json").exists() and (run_dir / "config.json").read_text() == rc_json
-    if same and (run_dir / "results.json").exists():
-        return json.loads((run_dir / "results.json").read_text()) | {"skipped": True}
-    if not same:
-        for name in ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "results.json", "model.d3"):
-            (run_dir / name).unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.json", rc_json)
+    done = begin_run(run_dir, {"task": task, "method": method, "seed": seed, "algo": "iql",
+                               "iql": asdict(c) | {"tasks": None, "methods": None, "seeds": None},
+                               "reward": asdict(cfg.reward), "profile": cfg.profile},
+                     ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"))
+    if done is not None:
+        return done
 
     source, reward_key = _source(method)
     eval_method = "relam-gt" if method == "relam-gt" else "relam"
@@ -181,8 +164,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
             algo.save(str(tmp))
         atomic_write_text(run_dir / "state.json", json.dumps(state))
     seconds = time.perf_counter() - t0
-    with atomic_path(run_dir / "model.d3") as tmp:
-        algo.save(str(tmp))
+    with atomic_path(run_dir / "model.d3") as tmp:  # the last checkpoint is the final model
+        shutil.copyfile(run_dir / "checkpoint.d3", tmp)
     final = state["evals"][-1]
     results = {"task": task, "method": method, "seed": seed, "algo": "iql", "steps": c.epochs * c.steps_per_epoch,
                "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],

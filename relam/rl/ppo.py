@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,9 +32,9 @@ import torch
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 from relam.reward import RewardConfig
+from relam.rl.runs import begin_run, evaluate_policy, run_dir_of
 
 METHODS = ("relam", "relam-gt")
-EVAL_SEED_OFFSET = 1_000_000   # held-out initial states (demos use 0+, offline data 500_000+)
 TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
 
 
@@ -112,10 +113,10 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     from relam.envs import make_task
     from relam.rl.env import ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
-    task = make_task(task_name, image_size=cfg.env.image_size)
-    image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
     if cfg.ppo.policy not in ("pixels", "keypoints"):
         raise ValueError(f"unknown policy {cfg.ppo.policy!r}; choose 'pixels' or 'keypoints'")
+    image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
+    task = make_task(task_name, image_size=cfg.env.image_size)
     return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
                               reward_config(cfg), image_obs=image_obs, image_size=cfg.env.image_size)
 
@@ -126,26 +127,9 @@ def reward_config(cfg) -> RewardConfig:
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
-def evaluate(model, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
-    """Deterministic episodes from task seeds ``seed_offset + i``; success = the simulator's flag was ever 1."""
-    success, last, stages, returns, lengths = [], [], [], [], []
-    for i in range(episodes):
-        obs, info = env.reset(options={"task_seed": seed_offset + i})
-        ever, ret, n = False, 0.0, 0
-        done = False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, r, term, trunc, info = env.step(action)
-            ever |= bool(info.get("success", False))
-            ret, n, done = ret + r, n + 1, term or trunc
-        success.append(ever)
-        last.append(bool(info["reached_last"]))
-        stages.append(info["stage"] + info["reached_last"])
-        returns.append(ret)
-        lengths.append(n)
-    return {"success_rate": float(np.mean(success)), "last_subgoal_rate": float(np.mean(last)),
-            "mean_stages": float(np.mean(stages)), "mean_return": float(np.mean(returns)),
-            "mean_length": float(np.mean(lengths)), "episodes": episodes}
+def evaluate(model, env, episodes: int) -> dict:
+    """Deterministic PPO policy on held-out initial states (``relam.rl.runs.evaluate_policy``)."""
+    return evaluate_policy(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes)
 
 
 def _callback(run_dir: Path, eval_env, cfg, state: dict):
@@ -201,9 +185,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
 def save_checkpoint(run_dir: Path, model, state: dict) -> None:
     """Model, reward-normaliser statistics and evaluation history, each written atomically."""
     with atomic_path(run_dir / "checkpoint.zip") as tmp:
-        model.save(tmp)
-        if not tmp.exists() and tmp.with_suffix(tmp.suffix + ".zip").exists():
-            tmp.with_suffix(tmp.suffix + ".zip").rename(tmp)
+        model.save(tmp)  # SB3 adds ".zip" only to suffix-less paths; the temporary name has a suffix
     vn = model.get_vec_normalize_env()
     if vn is not None:
         with atomic_path(run_dir / "vecnormalize.pkl") as tmp:
@@ -221,10 +203,6 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
             "keyframes": asdict(cfg.perception.keyframes), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 
-def run_dir_of(cfg, task: str, method: str, seed: int) -> Path:
-    return cfg.out / "runs" / task / method / f"seed{seed}"
-
-
 def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     """Train (or resume, or skip if finished) one PPO run; returns its results.json content."""
     from stable_baselines3 import PPO
@@ -233,17 +211,10 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
 
     torch.set_num_threads(cfg.torch_threads)
     run_dir = run_dir_of(cfg, task, method, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rc = run_config(cfg, task, method, seed)
-    rc_json = json.dumps(rc, indent=2, sort_keys=True)
-    same = (run_dir / "config.json").exists() and (run_dir / "config.json").read_text() == rc_json
-    if same and (run_dir / "results.json").exists():
-        return json.loads((run_dir / "results.json").read_text()) | {"skipped": True}
-    if not same:  # another configuration's leftovers: start over
-        for name in ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "results.json",
-                     "model.zip"):
-            (run_dir / name).unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.json", rc_json)
+    done = begin_run(run_dir, run_config(cfg, task, method, seed),
+                     ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip"))
+    if done is not None:
+        return done
 
     from relam.rl.hrl import GAECutVecEnv, KeypointFeatures
 
@@ -293,9 +264,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
             state["evals"].append({"step": model.num_timesteps, **res})
             append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
     seconds = time.perf_counter() - t0
-    with atomic_path(run_dir / "model.zip") as tmp:
-        model.save(tmp)
     save_checkpoint(run_dir, model, state)
+    with atomic_path(run_dir / "model.zip") as tmp:
+        shutil.copyfile(run_dir / "checkpoint.zip", tmp)
     final = state["evals"][-1]
     results = {"task": task, "method": method, "seed": seed, "steps": int(model.num_timesteps),
                "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],

@@ -56,8 +56,9 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     rc = reward_config(cfg)
     src = offline_path(cfg, task)
     path = cfg.out / "relabelled" / task / f"{method}.npz"
-    settings = {"task": task, "method": method, "reward": asdict(rc), "source": read_attrs(src) and
-                {k: v for k, v in read_attrs(src).items() if k in ("n_expert", "n_noisy", "seed_offset")}}
+    src_attrs = read_attrs(src) or {}
+    settings = {"task": task, "method": method, "reward": asdict(rc),
+                "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
     settings = json.loads(json.dumps(settings))
     if path.exists():
         with np.load(path) as f:
