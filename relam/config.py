@@ -98,6 +98,12 @@ class Config:
     def out(self) -> Path:
         return Path(self.results_dir) if self.results_dir else REPO_ROOT / "results" / self.profile
 
+    @property
+    def figures_dir(self) -> Path:
+        """Paper figures: ``paper_figures/<profile>/``; under the results dir when that is overridden (tests, CI),
+        so a smoke run never overwrites the committed figures."""
+        return self.out / "paper_figures" if self.results_dir else REPO_ROOT / "paper_figures" / self.profile
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

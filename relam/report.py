@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -53,3 +54,145 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     unfinished = runs[~runs["finished"]].groupby(["task", "method"])["seed"].apply(list)
     table["unfinished seeds"] = [unfinished.get(k, []) for k in table.index]
     return table.round(1)
+
+
+# --- Table 4 --------------------------------------------------------------------------------------------------
+
+TABLE4_TASKS = ["drawer-open", "door-open", "button-press-wall", "PushCube", "PickCube"]
+"""Rows of the paper's Table 4, in its order."""
+TABLE4_LABELS = {"drawer-open": "Drawer Open (MW, PPO)", "door-open": "Door Open (MW, PPO)",
+                 "button-press-wall": "Button Press Wall (MW, PPO)", "PushCube": "Push Cube (MS, IQL)",
+                 "PickCube": "Pick Cube (MS, IQL)"}
+PAPER_TABLE4 = {  # paper Table 4 (SPEC §10): mean success %, last evaluation
+    "drawer-open": {"Diffusion Reward": 80.0, "DACfO": 71.3, "IS": 4.0, "Oracle": 93.3, "ReLAM": 100.0},
+    "door-open": {"Diffusion Reward": 100.0, "DACfO": 70.0, "IS": 24.7, "Oracle": 100.0, "ReLAM": 100.0},
+    "button-press-wall": {"Diffusion Reward": 60.0, "DACfO": 47.8, "IS": 12.7, "Oracle": 76.7, "ReLAM": 75.8},
+    "PushCube": {"Diffusion Reward": 69.3, "DACfO": 76.7, "IS": 46.7, "Oracle": 92.7, "ReLAM": 89.3},
+    "PickCube": {"Diffusion Reward": 68.0, "DACfO": 78.7, "IS": 60.7, "Oracle": 90.7, "ReLAM": 88.0},
+}
+METHOD_ORDER = ["relam", "relam-gt", "env-reward", "diffusion-reward", "dacfo", "is", "oracle"]
+
+
+def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over ``values`` (seeds). One value gives a zero-width interval."""
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(v, size=(n_boot, v.size), replace=True).mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] | None = None,
+           tasks: list[str] = TABLE4_TASKS) -> pd.DataFrame:
+    """Long Table 4: one row per task x method that has runs. Success % of the final evaluation: mean over the
+    FINISHED seeds with a 95 % bootstrap CI; ``expected_seeds`` (per task, or one list) says which seeds the
+    profile asks for, and a cell with any of them unfinished or absent is flagged ``complete=False`` with the
+    missing seeds listed; it is never silently averaged over fewer seeds."""
+    rows = []
+    for (task, method), g in runs[runs["task"].isin(tasks)].groupby(["task", "method"], sort=False):
+        done = g[g["finished"]]
+        want = expected_seeds.get(task) if isinstance(expected_seeds, dict) else expected_seeds
+        want = sorted(set(want)) if want is not None else sorted(g["seed"])
+        missing = sorted(set(want) - set(done["seed"]))
+        succ = 100 * done["success"].to_numpy(float)
+        lo, hi = bootstrap_ci(succ)
+        rows.append({"task": task, "method": method, "success_mean": float(succ.mean()) if succ.size else np.nan,
+                     "ci_low": lo, "ci_high": hi, "n_seeds": int(len(done)), "n_expected": len(want),
+                     "missing_seeds": missing, "complete": not missing,
+                     "last_subgoal_mean": float(100 * done["last_subgoal"].mean()) if len(done) else np.nan,
+                     "seeds": sorted(done["seed"].tolist()), "per_seed": succ.round(1).tolist(),
+                     "steps": int(done["steps"].max()) if len(done) else 0})
+    cols = ["task", "method", "success_mean", "ci_low", "ci_high", "n_seeds", "n_expected", "missing_seeds",
+            "complete", "last_subgoal_mean", "seeds", "per_seed", "steps"]
+    df = pd.DataFrame(rows, columns=cols)
+    rank = {t: i for i, t in enumerate(tasks)} | {m: i for i, m in enumerate(METHOD_ORDER)}
+    return df.sort_values(["task", "method"], key=lambda s: s.map(lambda v: (rank.get(v, 99), v))
+                          ).reset_index(drop=True)
+
+
+def format_cell(row, latex: bool = False) -> str:
+    """'mean [lo, hi]' with the seed count; incomplete cells are marked (n/expected seeds, missing listed)."""
+    if row["n_seeds"] == 0:
+        return "—" if not latex else "--"
+    pm = f"{row['success_mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
+    if latex:
+        pm = f"{row['success_mean']:.1f} \\scriptsize{{[{row['ci_low']:.1f}, {row['ci_high']:.1f}]}}"
+    if not row["complete"]:
+        seeds = ",".join(map(str, row["missing_seeds"]))
+        return pm + (f" ⚠ {row['n_seeds']}/{row['n_expected']} seeds (missing {seeds})" if not latex else
+                     f"$^\\dagger$ {row['n_seeds']}/{row['n_expected']}")
+    return pm
+
+
+def table4_wide(long: pd.DataFrame, tasks: list[str] = TABLE4_TASKS, latex: bool = False) -> pd.DataFrame:
+    """Rows: the five tasks; columns: every method with runs (formatted cells), then the paper's numbers."""
+    methods = [m for m in METHOD_ORDER if m in set(long["method"])] + sorted(set(long["method"]) - set(METHOD_ORDER))
+    wide = pd.DataFrame(index=[TABLE4_LABELS.get(t, t) for t in tasks])
+    for m in methods:
+        col = []
+        for t in tasks:
+            r = long[(long["task"] == t) & (long["method"] == m)]
+            col.append(format_cell(r.iloc[0], latex) if len(r) else ("—" if not latex else "--"))
+        wide[m] = col
+    for name in ["ReLAM", "Oracle", "Diffusion Reward", "DACfO", "IS"]:
+        wide[f"paper {name}"] = [f"{PAPER_TABLE4[t][name]:.1f}" if t in PAPER_TABLE4 else "" for t in tasks]
+    wide.index.name = "task"
+    return wide
+
+
+def expected_seeds_of(cfg) -> dict[str, list[int]]:
+    """The seeds a profile asks for, per task: PPO tasks from ``cfg.ppo``, IQL tasks from ``cfg.iql``."""
+    return {t: list(cfg.ppo.seeds) for t in cfg.ppo.tasks} | {t: list(cfg.iql.seeds) for t in cfg.iql.tasks}
+
+
+def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None = None) -> dict[str, Path]:
+    """Collect ``<out>/runs`` into Table 4 and write ``table4.md``, ``table4.csv`` (long, numeric) and
+    ``table4.tex`` to ``dest`` (default ``out``), atomically. Returns the paths."""
+    from relam.io import atomic_write_text
+
+    out = Path(out)
+    dest = Path(dest) if dest is not None else out
+    long = table4(find_runs(out), expected_seeds)
+    wide = table4_wide(long)
+    note = ("Success % of the final evaluation (simulator flag), mean over seeds [95 % bootstrap CI]. "
+            "⚠ = seeds missing: averaged over the finished seeds only and flagged. paper = Table 4 of the paper.")
+    md = f"{note}\n\n" + _markdown(wide) + "\n"
+    csv = long.assign(missing_seeds=long["missing_seeds"].map(lambda s: " ".join(map(str, s))),
+                      seeds=long["seeds"].map(lambda s: " ".join(map(str, s))),
+                      per_seed=long["per_seed"].map(lambda s: " ".join(map(str, s)))).to_csv(index=False,
+                                                                                             float_format="%.2f")
+    tex_wide = table4_wide(long, latex=True)
+    tex = ("% " + note.replace("⚠", "dagger") + "\n" +
+           tex_wide.to_latex(escape=False, column_format="l" + "c" * len(tex_wide.columns)))
+    paths = {"md": dest / "table4.md", "csv": dest / "table4.csv", "tex": dest / "table4.tex"}
+    for key, text in (("md", md), ("csv", csv), ("tex", tex)):
+        atomic_write_text(paths[key], text)
+    return paths
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """Markdown table without the optional 'tabulate' dependency."""
+    header = [df.index.name or ""] + list(df.columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(df.index, df.values)]
+    return "\n".join(lines)
+
+
+def success_curves(curves: pd.DataFrame, task: str, level: float = 0.95) -> dict[str, pd.DataFrame]:
+    """Per method: success % per evaluation step, mean over seeds and a bootstrap CI band (only steps every
+    seed of that method reached count, so the band never mixes seed sets)."""
+    out = {}
+    c = curves[curves["task"] == task]
+    for method, g in c.groupby("method"):
+        seeds = g["seed"].nunique()
+        rows = []
+        for step, s in g.groupby("step"):
+            if s["seed"].nunique() < seeds:
+                continue
+            v = 100 * s["success_rate"].to_numpy(float)
+            lo, hi = bootstrap_ci(v, level)
+            rows.append({"step": step, "mean": v.mean(), "lo": lo, "hi": hi,
+                         "last_subgoal": 100 * s["last_subgoal_rate"].mean(), "seeds": seeds})
+        out[method] = pd.DataFrame(rows)
+    return out

@@ -43,12 +43,14 @@ def run(profile: str, results_dir: str | None = None, only: list[str] | None = N
     out_dir.mkdir(parents=True, exist_ok=True)  # papermill does not create it
     books = numbered_notebooks(only)
     t_all = time.perf_counter()
+    times = []
     for nb in books:
         target = out_dir / nb.name
         print(f"[relam] {profile}: running {nb.name} -> {target}", flush=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(target), parameters={"profile": profile, "results_dir": str(cfg.out)},
+            pm.execute_notebook(str(nb), str(target), parameters={"profile": profile,
+                                                                    "results_dir": cfg.results_dir or None},
                                 kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
                                 log_output=True, stdout_file=sys.stdout, stderr_file=sys.stderr)
         except pm.PapermillExecutionError as e:
@@ -56,11 +58,28 @@ def run(profile: str, results_dir: str | None = None, only: list[str] | None = N
                   f"[relam] executed copy with the traceback: {target}\n"
                   f"[relam] fix it, then rerun (finished stages are skipped): "
                   f"./run_all.sh --profile {profile}", file=sys.stderr)
+            _summary(cfg, times, time.perf_counter() - t_all, failed=nb.name)
             return 1
-        print(f"[relam] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"[relam] profile {profile}: {len(books)} notebooks in {time.perf_counter() - t_all:.0f} s; "
-          f"results in {cfg.out}")
+        times.append((nb.name, time.perf_counter() - t0))
+        print(f"[relam] {nb.name} done in {times[-1][1]:.0f} s", flush=True)
+    _summary(cfg, times, time.perf_counter() - t_all)
     return 0
+
+
+def _summary(cfg, times: list[tuple[str, float]], total: float, failed: str | None = None) -> None:
+    """What ran, how long it took, and where the table and figures are."""
+    lines = [f"[relam] ===== profile {cfg.profile}: " + (f"FAILED in {failed}" if failed else "finished")
+             + f", total {total / 60:.1f} min ====="]
+    lines += [f"[relam]   {name:<28} {sec / 60:7.1f} min" for name, sec in times]
+    table = cfg.out / "table4.md"
+    if table.exists():
+        lines.append(f"[relam] Table 4: {table} (also .csv, .tex)")
+        lines += ["[relam]   " + row for row in table.read_text().splitlines()[2:] if row.startswith("|")]
+    figs = sorted(cfg.figures_dir.glob("*.png")) if cfg.figures_dir.exists() else []
+    if figs:
+        lines.append(f"[relam] figures ({len(figs)} PNG + PDF): {cfg.figures_dir}")
+    lines.append(f"[relam] all results: {cfg.out}; executed notebooks: {cfg.out / 'notebooks'}")
+    print("\n".join(lines), flush=True)
 
 
 def main(argv=None) -> int:

@@ -36,11 +36,14 @@ def demo_first_last(paths: dict[str, Path], n_per_task: int = 3):
     return fig
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, also: tuple[str, ...] = ()) -> Path:
+    """Write ``fig`` to ``path`` (atomically; ``also``: further formats beside it, e.g. ("pdf",)), show it inline
+    in a notebook, close it."""
     from relam.io import atomic_path
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix.lstrip("."))
+    for p in [path] + [path.with_suffix("." + ext) for ext in also]:
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=p.suffix.lstrip("."))
     try:  # in a notebook show it inline: closing it below would otherwise hide it
         from IPython import get_ipython
         if get_ipython() is not None:
@@ -120,3 +123,24 @@ def subgoal_gif(frames, tracks_px, keyframes, subgoals_px, path, scale: int = 2,
     with atomic_path(path) as tmp:
         out[0].save(tmp, format="GIF", save_all=True, append_images=out[1:], duration=int(1000 / fps), loop=0)
     return path
+
+
+def draw_plan(ax, frame, truth=None, generated=None, image_size: int | None = None, title: str = ""):
+    """A first frame with keypoint subgoal paths: ground truth as rings joined by solid lines, the generated plan
+    as dots joined by dashed lines; (M+1, K, 2) arrays in normalised units, one colour per keypoint."""
+    import numpy as np
+    size = image_size or frame.shape[0]
+    ax.imshow(frame)
+    for plan, ls, ring in ((truth, "-", True), (generated, "--", False)):
+        if plan is None:
+            continue
+        for k in range(plan.shape[1]):
+            c = np.array(KEYPOINT_COLORS[k % len(KEYPOINT_COLORS)]) / 255
+            p = plan[:, k] * size - 0.5
+            ax.plot(p[:, 0], p[:, 1], ls, color=c, lw=1)
+            if ring:
+                ax.scatter(p[:, 0], p[:, 1], s=30, facecolors="none", edgecolors=[c])
+            else:
+                ax.scatter(p[:, 0], p[:, 1], s=8, color=[c])
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([]), ax.set_yticks([])

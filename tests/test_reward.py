@@ -203,3 +203,17 @@ def test_wrapper_on_a_simulated_task_with_the_sim_tracker(task_cache):
         obs, r, term, trunc, info = wrapped.step(np.array([0.0, 0.0, -1.0, 0.0]))  # hand moves down
     assert -1.0 <= r <= 0.0
     assert np.mean(obs["keypoints"].reshape(2, 2)[:, 1] - x0[:, 1]) > 0.005  # image y grows when the arm lowers
+
+
+def test_generated_plans_get_their_own_threshold():
+    cfg = RewardConfig(delta=0.04, delta_generated=0.06)
+    assert cfg.for_plan(generated=False).delta == 0.04
+    assert cfg.for_plan(generated=True).delta == 0.06
+    assert RewardConfig(delta_generated=None).for_plan(generated=True).delta == 0.04
+    pts = np.array([[0.05, 0.0], [0.0, 0.0]])          # one point 0.05 from its target
+    plan = np.zeros((2, 2, 2))
+    assert not StageMachine(plan, cfg.for_plan(False)).step(pts).stage_reached
+    assert StageMachine(plan, cfg.for_plan(True)).step(pts).stage_reached
+    assert "delta_generated" not in cfg.settings(True) and cfg.settings(True)["delta"] == 0.06
+    with pytest.raises(ValueError, match="delta_generated"):
+        RewardConfig(delta_generated=-1.0)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
-from relam.rl.runs import begin_run, evaluate_policy, run_dir_of
+from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
 METHODS = ("relam", "relam-gt", "env-reward")
 
@@ -59,6 +59,10 @@ class IQLConfig:
     """Evaluate and checkpoint every this many epochs (and at the end)."""
     eval_episodes: int = 10
     """Simulator episodes per evaluation, from held-out initial states."""
+    anticipation_run: str = "task"
+    """Which anticipation model plans for 'relam' and 'env-reward': 'task' (per-task model) or 'multitask'."""
+    workers: int = 1
+    """Runs trained in parallel processes (one core each)."""
 
 
 def flat_observation(keypoints, subgoal, state) -> np.ndarray:
@@ -119,17 +123,17 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     c = cfg.iql
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, {"task": task, "method": method, "seed": seed, "algo": "iql",
-                               "iql": asdict(c) | {"tasks": None, "methods": None, "seeds": None},
-                               "reward": asdict(cfg.reward), "profile": cfg.profile},
+                               "iql": asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
+                               "reward": cfg.reward.settings(method != "relam-gt"), "profile": cfg.profile},
                      ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"))
     if done is not None:
         return done
 
     source, reward_key = _source(method)
     eval_method = "relam-gt" if method == "relam-gt" else "relam"
-    planner = make_planner(task, eval_method, cfg)
+    planner = make_planner(task, eval_method, cfg, c.anticipation_run)
     data_path = relabel_dataset(cfg, task, source, planner=planner if source == eval_method else None,
-                                progress=progress)
+                                progress=progress, anticipation_run=c.anticipation_run)
     dataset = build_dataset(data_path, reward_key)
     env = make_env(task, planner, cfg, image_obs=False)
 
@@ -175,3 +179,16 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     env.close()
     return results
+
+
+def run_grid(cfg, progress: bool = True) -> list[dict]:
+    """Every task x method x seed of the profile's ``iql`` section (``relam.rl.runs.grid``)."""
+    return grid(cfg, "iql", cfg.iql, progress)
+
+
+def main(argv=None) -> int:
+    return run_one_main("iql", train_run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,6 +29,7 @@ class ModelPlanner:
             raise ValueError(f"anticipation model {checkpoint} was trained on {tasks}, not on {task!r}")
         self.task_frame = np.asarray(ckpt["task_frames"][tasks.index(task)])
         self.num_keypoints = self.model.cfg.num_keypoints
+        self.generated = True   # plans carry the model's error: the reward may use a looser stage threshold
         self.max_len = max_len
 
     @torch.no_grad()
@@ -46,6 +47,7 @@ class ExpertPlanner:
         self.task = make_task(task, image_size=image_size)
         self.kp, self.kf, self.extra = keypoints, keyframes, extra_after_success
         self.num_keypoints = keypoints.num_keypoints
+        self.generated = False
 
     def __call__(self, frame=None, info: dict | None = None) -> np.ndarray:
         import warnings
@@ -77,6 +79,7 @@ class CachedPlanner:
     def __init__(self, planner):
         self.planner, self.cache = planner, {}
         self.num_keypoints = planner.num_keypoints
+        self.generated = getattr(planner, "generated", False)
 
     def lookup(self, info):
         key = None if not info else info.get("task_seed")

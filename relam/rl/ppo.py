@@ -20,7 +20,6 @@ is skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import warnings
@@ -32,7 +31,7 @@ import torch
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 from relam.reward import RewardConfig
-from relam.rl.runs import begin_run, evaluate_policy, run_dir_of
+from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
 METHODS = ("relam", "relam-gt")
 TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
@@ -90,12 +89,16 @@ class PPOConfig:
 
 # --- environments ---------------------------------------------------------------------------------------
 
-def make_planner(task: str, method: str, cfg):
-    """The (cached) planner of ``method`` for ``task`` under the full config ``cfg``."""
+def make_planner(task: str, method: str, cfg, anticipation_run: str | None = None):
+    """The (cached) planner of ``method`` for ``task`` under the full config ``cfg``; ``anticipation_run``
+    ('task' or 'multitask', default ``cfg.ppo.anticipation_run``) picks the model that plans for 'relam'."""
     from relam.rl.planners import CachedPlanner, ExpertPlanner, ModelPlanner
 
     if method == "relam":
-        name = task if cfg.ppo.anticipation_run == "task" else "multitask"
+        run = anticipation_run or cfg.ppo.anticipation_run
+        if run not in ("task", "multitask"):
+            raise ValueError(f"unknown anticipation_run {run!r}; choose 'task' or 'multitask'")
+        name = task if run == "task" else "multitask"
         ckpt = cfg.out / "anticipation" / name / "checkpoint.pt"
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
@@ -118,11 +121,13 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
     task = make_task(task_name, image_size=cfg.env.image_size)
     return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
-                              reward_config(cfg), image_obs=image_obs, image_size=cfg.env.image_size)
+                              reward_config(cfg, planner.generated), image_obs=image_obs,
+                              image_size=cfg.env.image_size)
 
 
-def reward_config(cfg) -> RewardConfig:
-    return RewardConfig(**asdict(cfg.reward))
+def reward_config(cfg, generated: bool) -> RewardConfig:
+    """The profile's reward config resolved for a generated (anticipation model) or ground-truth plan."""
+    return cfg.reward.for_plan(generated)
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
     return {"task": task, "method": method, "seed": seed, "ppo": asdict(cfg.ppo) | {"tasks": None, "methods": None,
                                                                                      "seeds": None, "workers": None},
-            "reward": asdict(cfg.reward), "keypoints": asdict(cfg.perception.keypoints),
+            "reward": cfg.reward.settings(method == "relam"), "keypoints": asdict(cfg.perception.keypoints),
             "keyframes": asdict(cfg.perception.keyframes), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 
@@ -289,75 +294,12 @@ def _unwrap_vecnormalize(venv):
 
 
 def run_grid(cfg, progress: bool = True) -> list[dict]:
-    """Every task x method x seed of the profile; finished runs are skipped, interrupted ones resume.
-    With ``workers > 1`` runs go to that many subprocesses (``python -m relam.rl.ppo``), each on one core,
-    logging to ``<run dir>/stdout.log``; a failed run is reported with the tail of its log."""
-    import subprocess
-    import sys
-
-    from tqdm.auto import tqdm
-
-    # seed-major order: an interrupted grid already has every task x method for the first seeds
-    jobs = [(t, m, s) for s in cfg.ppo.seeds for t in cfg.ppo.tasks for m in cfg.ppo.methods]
-    results = []
-    bar = tqdm(total=len(jobs), desc="PPO runs", disable=not progress, unit="run")
-    if cfg.ppo.workers <= 1:
-        for t, m, s in jobs:
-            bar.set_postfix_str(f"{t}/{m}/seed{s}")
-            results.append(train_run(cfg, t, m, s))
-            bar.update()
-        bar.close()
-        return results
-    cfg_path = cfg.out / "runs" / "grid_config.json"
-    atomic_write_text(cfg_path, json.dumps(cfg.to_dict()))
-    pending, running, failed = list(jobs), [], []
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    while pending or running:
-        while pending and len(running) < cfg.ppo.workers:
-            t, m, s = pending.pop(0)
-            rd = run_dir_of(cfg, t, m, s)
-            rd.mkdir(parents=True, exist_ok=True)
-            log = open(rd / "stdout.log", "a")
-            cmd = [sys.executable, "-m", "relam.rl.ppo", "--config-json", str(cfg_path), "--task", t, "--method", m,
-                   "--seed", str(s)]
-            running.append(((t, m, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        time.sleep(1.0)
-        for item in list(running):
-            (t, m, s), proc, log = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            log.close()
-            rd = run_dir_of(cfg, t, m, s)
-            if proc.returncode == 0 and (rd / "results.json").exists():
-                r = json.loads((rd / "results.json").read_text())
-                results.append(r)
-                bar.set_postfix_str(f"{t}/{m}/seed{s}: {r['success_rate']:.0%}")
-            else:
-                tail = "\n".join((rd / "stdout.log").read_text().splitlines()[-15:])
-                failed.append(f"{t}/{m}/seed{s} (exit {proc.returncode}); end of {rd / 'stdout.log'}:\n{tail}")
-            bar.update()
-    bar.close()
-    if failed:
-        raise RuntimeError(f"{len(failed)} PPO run(s) failed (finished runs are kept; rerun to resume):\n"
-                           + "\n\n".join(failed))
-    return results
+    """Every task x method x seed of the profile's ``ppo`` section (``relam.rl.runs.run_grid``)."""
+    return grid(cfg, "ppo", cfg.ppo, progress)
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Train one PPO run (used by run_grid's worker processes).")
-    ap.add_argument("--config-json", required=True, help="a full config saved by run_grid")
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--method", required=True)
-    ap.add_argument("--seed", type=int, required=True)
-    args = ap.parse_args(argv)
-    from relam.config import config_from_dict
-    cfg = config_from_dict(json.loads(Path(args.config_json).read_text()))
-    r = train_run(cfg, args.task, args.method, args.seed)
-    print(json.dumps({k: v for k, v in r.items() if k != "evals"}))
-    return 0
+    return run_one_main("ppo", train_run, argv)
 
 
 if __name__ == "__main__":

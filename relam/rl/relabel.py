@@ -16,7 +16,6 @@ Transitions after a terminal success are dropped (they do not exist in an online
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -48,23 +47,28 @@ def relabel_episode(plan: np.ndarray, gt: dict, step_success: np.ndarray, image_
     return out
 
 
-def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = True) -> Path:
+def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = True,
+                    anticipation_run: str | None = None) -> Path:
+    """Relabel ``task``'s offline dataset with ``method``'s plans ('relam' from the anticipation model chosen by
+    ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
     from relam.rl.ppo import make_planner, reward_config
 
-    rc = reward_config(cfg)
+    rc = reward_config(cfg, generated=method == "relam")
     src = offline_path(cfg, task)
     path = cfg.out / "relabelled" / task / f"{method}.npz"
     src_attrs = read_attrs(src) or {}
-    settings = {"task": task, "method": method, "reward": asdict(rc),
+    run = anticipation_run or cfg.iql.anticipation_run
+    settings = {"task": task, "method": method, "reward": cfg.reward.settings(method == "relam"),
+                "anticipation_run": run if method == "relam" else None,
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
     settings = json.loads(json.dumps(settings))
     if path.exists():
         with np.load(path) as f:
             if json.loads(str(f["settings"])) == settings:
                 return path
-    planner = planner or make_planner(task, method, cfg)
+    planner = planner or make_planner(task, method, cfg, run)
     size = cfg.env.image_size
     cols = {k: [] for k in ("keypoints", "subgoal", "state", "action", "next_keypoints", "next_subgoal", "next_state",
                             "reward", "env_reward", "terminal", "timeout", "stage", "stage_reached", "reached_last",

@@ -56,3 +56,81 @@ def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET
             "mean_stages": float(np.mean(stages)), "mean_return": float(np.mean(returns)),
             "mean_env_return": float(np.mean(env_returns)), "mean_length": float(np.mean(lengths)),
             "episodes": episodes}
+
+
+def grid(cfg, algo: str, section, progress: bool = True) -> list[dict]:
+    """Every task x method x seed of a config section (``cfg.ppo`` / ``cfg.iql``); finished runs are skipped,
+    interrupted ones resume. With ``section.workers > 1`` runs go to that many subprocesses
+    (``python -m relam.rl.<algo>``), one core each, logging to ``<run dir>/stdout.log``; a failed run is reported
+    with the tail of its log after the others have finished."""
+    import importlib
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tqdm.auto import tqdm
+
+    # seed-major order: an interrupted grid already has every task x method for the first seeds
+    jobs = [(t, m, s) for s in section.seeds for t in section.tasks for m in section.methods]
+    results, failed = [], []
+    bar = tqdm(total=len(jobs), desc=f"{algo.upper()} runs", disable=not progress, unit="run")
+    if section.workers <= 1:
+        train_run = importlib.import_module(f"relam.rl.{algo}").train_run
+        for t, m, s in jobs:
+            bar.set_postfix_str(f"{t}/{m}/seed{s}")
+            results.append(train_run(cfg, t, m, s))
+            bar.update()
+        bar.close()
+        return results
+    cfg_path = cfg.out / "runs" / f"grid_config_{algo}.json"
+    atomic_write_text(cfg_path, json.dumps(cfg.to_dict()))
+    pending, running = list(jobs), []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    while pending or running:
+        while pending and len(running) < section.workers:
+            t, m, s = pending.pop(0)
+            rd = run_dir_of(cfg, t, m, s)
+            rd.mkdir(parents=True, exist_ok=True)
+            log = open(rd / "stdout.log", "a")
+            cmd = [sys.executable, "-m", f"relam.rl.{algo}", "--config-json", str(cfg_path), "--task", t,
+                   "--method", m, "--seed", str(s)]
+            running.append(((t, m, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        time.sleep(1.0)
+        for item in list(running):
+            (t, m, s), proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            rd = run_dir_of(cfg, t, m, s)
+            if proc.returncode == 0 and (rd / "results.json").exists():
+                r = json.loads((rd / "results.json").read_text())
+                results.append(r)
+                bar.set_postfix_str(f"{t}/{m}/seed{s}: {r['success_rate']:.0%}")
+            else:
+                tail = "\n".join((rd / "stdout.log").read_text().splitlines()[-15:])
+                failed.append(f"{t}/{m}/seed{s} (exit {proc.returncode}); end of {rd / 'stdout.log'}:\n{tail}")
+            bar.update()
+    bar.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} {algo.upper()} run(s) failed (finished runs are kept; rerun to resume):\n"
+                           + "\n\n".join(failed))
+    return results
+
+
+def run_one_main(algo: str, train_run, argv=None) -> int:
+    """Command line of one run, used by ``grid``'s worker processes: ``python -m relam.rl.<algo> ...``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=f"Train one {algo.upper()} run (used by the grid's worker processes).")
+    ap.add_argument("--config-json", required=True, help="a full config saved by the grid")
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    args = ap.parse_args(argv)
+    from relam.config import config_from_dict
+    cfg = config_from_dict(json.loads(Path(args.config_json).read_text()))
+    r = train_run(cfg, args.task, args.method, args.seed)
+    print(json.dumps({k: v for k, v in r.items() if k != "evals"}))
+    return 0

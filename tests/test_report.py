@@ -1,0 +1,79 @@
+"""Table 4 builder on synthetic run directories: means, bootstrap CIs, missing seeds flagged."""
+import json
+
+import numpy as np
+import pandas as pd
+
+from relam.report import bootstrap_ci, eval_curves, find_runs, success_curves, table4, write_table4
+
+
+def _run(out, task, method, seed, success=None, curve=()):
+    rd = out / "runs" / task / method / f"seed{seed}"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text("{}")
+    if curve:
+        (rd / "eval.csv").write_text("step,success_rate,last_subgoal_rate\n"
+                                     + "".join(f"{s},{v},0.0\n" for s, v in curve))
+    if success is not None:
+        (rd / "results.json").write_text(json.dumps({"success_rate": success, "last_subgoal_rate": 0.1,
+                                                     "steps": 100}))
+
+
+def test_bootstrap_ci_brackets_the_mean_and_collapses_for_equal_values():
+    lo, hi = bootstrap_ci([0, 50, 100])
+    assert 0 <= lo < 50 < hi <= 100
+    assert bootstrap_ci([40, 40, 40]) == (40.0, 40.0)
+    # wider spread, wider interval
+    assert np.subtract(*bootstrap_ci([0, 100, 0, 100])[::-1]) > np.subtract(*bootstrap_ci([40, 60, 40, 60])[::-1])
+
+
+def test_table4_means_and_missing_seeds_are_flagged_not_hidden(tmp_path):
+    for s, v in enumerate([1.0, 0.5, 0.0]):
+        _run(tmp_path, "drawer-open", "relam", s, v)
+    _run(tmp_path, "drawer-open", "relam-gt", 0, 1.0)
+    _run(tmp_path, "drawer-open", "relam-gt", 1, 0.8)
+    _run(tmp_path, "drawer-open", "relam-gt", 2)                 # started, unfinished
+    _run(tmp_path, "PushCube", "relam", 0, 0.9)                   # seeds 1, 2 never started
+    long = table4(find_runs(tmp_path), expected_seeds=[0, 1, 2])
+    row = long.set_index(["task", "method"])
+    full = row.loc[("drawer-open", "relam")]
+    assert full["success_mean"] == 50.0 and full["complete"] and full["n_seeds"] == 3
+    assert full["ci_low"] < 50 < full["ci_high"]
+    gt = row.loc[("drawer-open", "relam-gt")]
+    assert not gt["complete"] and gt["missing_seeds"] == [2] and gt["n_seeds"] == 2
+    assert gt["success_mean"] == 90.0
+    push = row.loc[("PushCube", "relam")]
+    assert not push["complete"] and push["missing_seeds"] == [1, 2]
+    # table rows follow the paper's task order
+    assert list(long["task"]) == ["drawer-open", "drawer-open", "PushCube"]
+
+    paths = write_table4(tmp_path, expected_seeds=[0, 1, 2])
+    md = paths["md"].read_text()
+    assert "50.0 [" in md and "2/3 seeds (missing 2)" in md and "1/3 seeds (missing 1,2)" in md
+    assert "100.0" in md and "89.3" in md                     # paper numbers alongside
+    assert "Door Open (MW, PPO) | — |" in md                   # no runs: a dash, not a number
+    csv = pd.read_csv(paths["csv"])
+    assert csv.loc[(csv.task == "drawer-open") & (csv.method == "relam"), "success_mean"].item() == 50.0
+    assert not csv.loc[csv.method == "relam-gt", "complete"].item()
+    tex = paths["tex"].read_text()
+    assert "\\begin{tabular}" in tex and "$^\\dagger$ 2/3" in tex
+
+
+def test_expected_seeds_per_task_from_the_profile(tmp_path):
+    from relam.config import load_config
+    from relam.report import expected_seeds_of
+
+    _run(tmp_path, "door-open", "relam", 0, 1.0)
+    _run(tmp_path, "PickCube", "relam", 0, 1.0)
+    cfg = load_config("smoke", {"ppo": {"seeds": [0]}, "iql": {"seeds": [0, 4]}})
+    long = table4(find_runs(tmp_path), expected_seeds_of(cfg)).set_index("task")
+    assert long.loc["door-open", "complete"]
+    assert long.loc["PickCube", "missing_seeds"] == [4]
+
+
+def test_success_curves_only_average_steps_every_seed_reached(tmp_path):
+    _run(tmp_path, "door-open", "relam", 0, 1.0, curve=[(10, 0.0), (20, 1.0)])
+    _run(tmp_path, "door-open", "relam", 1, curve=[(10, 1.0)])          # interrupted after the first eval
+    c = success_curves(eval_curves(tmp_path), "door-open")["relam"]
+    assert list(c["step"]) == [10] and c["mean"].item() == 50.0
+    assert c["lo"].item() <= 50 <= c["hi"].item()
