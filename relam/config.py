@@ -73,6 +73,9 @@ class PerceptionConfig:
     """Passed to the tracker, e.g. {'checkpoint': '/path/to/scaled_offline.pth'}."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    anchor_generated_x0: bool = True
+    """RL/relabelling with generated plans: snap each generated x^0 keypoint onto its part's first-frame mask
+    and shift its subgoal path with it (``relam.rl.planners.AnchoredPlanner``; ours, not in the paper)."""
 
 
 @dataclass

@@ -112,3 +112,38 @@ def test_missing_anticipation_model_names_the_notebook(tmp_path):
     cfg = _tiny_cfg(tmp_path, methods=["relam"])
     with pytest.raises(FileNotFoundError, match="04_anticipation"):
         train_run(cfg, "drawer-open", "relam", 0)
+
+
+def test_anchor_plan_snaps_x0_onto_its_part_and_keeps_the_motion():
+    from relam.perception.keypoints import KeypointConfig
+    from relam.rl.planners import AnchoredPlanner, anchor_plan, keypoint_prompt_index
+
+    size = 32
+    arm, cube = np.zeros((size, size), bool), np.zeros((size, size), bool)
+    arm[2:20, 2:12] = True
+    cube[20:28, 20:28] = True                                  # 8 x 8 px; interior (window 5): rows/cols 22..25
+    idx = keypoint_prompt_index(["arm", "cube"], KeypointConfig(num_keypoints=4, object_share=0.25))
+    assert list(idx) == [0, 0, 0, 1]
+    plan = np.zeros((3, 4, 2))
+    plan[0] = np.array([[5.5, 5.5], [8.5, 10.5], [6.5, 15.5], [17.5, 23.5]]) / size    # cube point 5 px left of it
+    plan[1:] = plan[0] + np.array([0.1, 0.05])                                      # the generated motion
+    out, shift = anchor_plan(plan, [arm, cube], idx, window=5)
+    np.testing.assert_allclose(out[:, :3], plan[:, :3])        # points already on the arm are left alone
+    assert shift[:3].tolist() == [0, 0, 0]
+    np.testing.assert_allclose(out[0, 3] * size, [22.5, 23.5])  # nearest interior pixel of the cube
+    np.testing.assert_allclose(out[1:, 3] - out[0, 3], plan[1:, 3] - plan[0, 3])   # motion unchanged
+    assert shift[3] == pytest.approx(5.0)
+    same, none = anchor_plan(plan, [arm, np.zeros_like(cube)], idx)                 # no mask: untouched
+    np.testing.assert_allclose(same, plan)
+    assert none.sum() == 0
+
+    class Fixed:
+        num_keypoints, generated = 4, True
+
+        def __call__(self, frame, info):
+            return plan
+
+    anchored = AnchoredPlanner(Fixed(), lambda frame, info: [arm, cube], idx)
+    np.testing.assert_allclose(anchored(None, {"task_seed": 0}), out)
+    with pytest.raises(ValueError, match="prompt_index"):
+        AnchoredPlanner(Fixed(), lambda f, i: [arm, cube], idx[:3])

@@ -116,7 +116,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     import d3rlpy
     import torch
 
-    from relam.rl.ppo import make_env, make_planner
+    from relam.rl.ppo import anchor_setting, make_env, make_planner
     from relam.rl.relabel import dataset_summary, relabel_dataset
 
     torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
@@ -124,7 +124,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, {"task": task, "method": method, "seed": seed, "algo": "iql",
                                "iql": asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
-                               "reward": cfg.reward.settings(method != "relam-gt"), "profile": cfg.profile},
+                               "reward": cfg.reward.settings(method != "relam-gt"), **anchor_setting(cfg, method),
+                               "profile": cfg.profile},
                      ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"))
     if done is not None:
         return done

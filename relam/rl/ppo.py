@@ -92,7 +92,8 @@ class PPOConfig:
 def make_planner(task: str, method: str, cfg, anticipation_run: str | None = None):
     """The (cached) planner of ``method`` for ``task`` under the full config ``cfg``; ``anticipation_run``
     ('task' or 'multitask', default ``cfg.ppo.anticipation_run``) picks the model that plans for 'relam'."""
-    from relam.rl.planners import CachedPlanner, ExpertPlanner, ModelPlanner
+    from relam.rl.planners import (AnchoredPlanner, CachedPlanner, ExpertPlanner, ModelPlanner, SimFirstFrameMasks,
+                                   keypoint_prompt_index)
 
     if method == "relam":
         run = anticipation_run or cfg.ppo.anticipation_run
@@ -103,7 +104,12 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
                                     f"./run_all.sh --profile {cfg.profile}) first")
-        return CachedPlanner(ModelPlanner(ckpt, task))
+        planner = ModelPlanner(ckpt, task)
+        if cfg.perception.anchor_generated_x0:
+            kp = cfg.perception.keypoints
+            masks = SimFirstFrameMasks(task, cfg.env.image_size)
+            planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window)
+        return CachedPlanner(planner)
     if method == "relam-gt":
         pc = cfg.perception
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
@@ -123,6 +129,12 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
                               reward_config(cfg, planner.generated), image_obs=image_obs,
                               image_size=cfg.env.image_size)
+
+
+def anchor_setting(cfg, method: str) -> dict:
+    """Run-defining entry for the x^0 anchoring of generated plans (absent for ground-truth plans, so their runs
+    and files do not change with it)."""
+    return {"anchor_generated_x0": cfg.perception.anchor_generated_x0} if method != "relam-gt" else {}
 
 
 def reward_config(cfg, generated: bool) -> RewardConfig:
@@ -204,7 +216,7 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
     return {"task": task, "method": method, "seed": seed, "ppo": asdict(cfg.ppo) | {"tasks": None, "methods": None,
                                                                                      "seeds": None, "workers": None},
-            "reward": cfg.reward.settings(method == "relam"), "keypoints": asdict(cfg.perception.keypoints),
+            "reward": cfg.reward.settings(method == "relam"), **anchor_setting(cfg, method), "keypoints": asdict(cfg.perception.keypoints),
             "keyframes": asdict(cfg.perception.keyframes), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 

@@ -53,7 +53,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
-    from relam.rl.ppo import make_planner, reward_config
+    from relam.rl.ppo import anchor_setting, make_planner, reward_config
 
     rc = reward_config(cfg, generated=method == "relam")
     src = offline_path(cfg, task)
@@ -61,7 +61,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     src_attrs = read_attrs(src) or {}
     run = anticipation_run or cfg.iql.anticipation_run
     settings = {"task": task, "method": method, "reward": cfg.reward.settings(method == "relam"),
-                "anticipation_run": run if method == "relam" else None,
+                "anticipation_run": run if method == "relam" else None, **anchor_setting(cfg, method),
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
     settings = json.loads(json.dumps(settings))
     if path.exists():
