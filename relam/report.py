@@ -11,29 +11,55 @@ import numpy as np
 import pandas as pd
 
 
-def find_runs(out: Path | str) -> pd.DataFrame:
-    """One row per run directory: task, method, seed, finished, final success / last-subgoal share, steps."""
+def expected_config(cfg, task: str, method: str, seed: int) -> dict | None:
+    """The config.json a run of ``task``/``method``/``seed`` would have under ``cfg`` (PPO for the profile's PPO
+    tasks, IQL for its IQL tasks); None for anything else (e.g. a baseline this module does not know)."""
+    if task in cfg.ppo.tasks:
+        from relam.rl.ppo import run_config
+    elif task in cfg.iql.tasks:
+        from relam.rl.iql import run_config
+    else:
+        return None
+    return run_config(cfg, task, method, seed)
+
+
+def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
+    """One row per run directory: task, method, seed, finished, final success / last-subgoal share, steps.
+    With ``cfg``, a run whose config.json differs from what ``cfg`` asks for is marked ``stale`` and NOT finished
+    (its numbers belong to other settings; rerunning the notebook redoes it)."""
     rows = []
     for rd in sorted(Path(out).glob("runs/*/*/seed*")):
         if not rd.is_dir():
             continue
         task, method, seed = rd.parent.parent.name, rd.parent.name, int(rd.name[4:])
         res = rd / "results.json"
-        row = {"task": task, "method": method, "seed": seed, "finished": res.exists(), "dir": str(rd)}
-        if res.exists():
+        stale = False
+        if cfg is not None and (rd / "config.json").exists():
+            want = expected_config(cfg, task, method, seed)
+            stale = want is not None and json.loads((rd / "config.json").read_text()) != json.loads(json.dumps(want))
+        row = {"task": task, "method": method, "seed": seed, "finished": res.exists() and not stale, "stale": stale,
+               "dir": str(rd)}
+        if res.exists() and not stale:
             r = json.loads(res.read_text())
             row.update(success=r["success_rate"], last_subgoal=r["last_subgoal_rate"], steps=r["steps"],
                        seconds=r.get("seconds_this_session"), steps_per_second=r.get("steps_per_second"))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["task", "method", "seed", "finished", "success", "last_subgoal", "steps",
-                                       "seconds", "steps_per_second", "dir"])
+    return pd.DataFrame(rows, columns=["task", "method", "seed", "finished", "stale", "success", "last_subgoal",
+                                       "steps", "seconds", "steps_per_second", "dir"])
 
 
-def eval_curves(out: Path | str) -> pd.DataFrame:
-    """All evaluation rows of all runs (finished or not), with task / method / seed columns."""
+def eval_curves(out: Path | str, cfg=None) -> pd.DataFrame:
+    """All evaluation rows of all runs (finished or not), with task / method / seed columns; with ``cfg``, runs
+    made under other settings (stale, see ``find_runs``) are left out."""
     frames = []
+    stale = set()
+    if cfg is not None:
+        runs = find_runs(out, cfg)
+        stale = set(runs.loc[runs["stale"].astype(bool), "dir"])
     for csv in sorted(Path(out).glob("runs/*/*/seed*/eval.csv")):
         rd = csv.parent
+        if str(rd) in stale:
+            continue
         df = pd.read_csv(csv)
         df["task"], df["method"], df["seed"] = rd.parent.parent.name, rd.parent.name, int(rd.name[4:])
         frames.append(df)
@@ -95,16 +121,17 @@ def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] 
         want = expected_seeds.get(task) if isinstance(expected_seeds, dict) else expected_seeds
         want = sorted(set(want)) if want is not None else sorted(g["seed"])
         missing = sorted(set(want) - set(done["seed"]))
+        stale = sorted(set(g.loc[g["stale"].fillna(False).astype(bool), "seed"]) & set(missing))
         succ = 100 * done["success"].to_numpy(float)
         lo, hi = bootstrap_ci(succ)
         rows.append({"task": task, "method": method, "success_mean": float(succ.mean()) if succ.size else np.nan,
                      "ci_low": lo, "ci_high": hi, "n_seeds": int(len(done)), "n_expected": len(want),
-                     "missing_seeds": missing, "complete": not missing,
+                     "missing_seeds": missing, "stale_seeds": stale, "complete": not missing,
                      "last_subgoal_mean": float(100 * done["last_subgoal"].mean()) if len(done) else np.nan,
                      "seeds": sorted(done["seed"].tolist()), "per_seed": succ.round(1).tolist(),
                      "steps": int(done["steps"].max()) if len(done) else 0})
     cols = ["task", "method", "success_mean", "ci_low", "ci_high", "n_seeds", "n_expected", "missing_seeds",
-            "complete", "last_subgoal_mean", "seeds", "per_seed", "steps"]
+            "stale_seeds", "complete", "last_subgoal_mean", "seeds", "per_seed", "steps"]
     df = pd.DataFrame(rows, columns=cols)
     rank = {t: i for i, t in enumerate(tasks)} | {m: i for i, m in enumerate(METHOD_ORDER)}
     return df.sort_values(["task", "method"], key=lambda s: s.map(lambda v: (rank.get(v, 99), v))
@@ -120,6 +147,8 @@ def format_cell(row, latex: bool = False) -> str:
         pm = f"{row['success_mean']:.1f} \\scriptsize{{[{row['ci_low']:.1f}, {row['ci_high']:.1f}]}}"
     if not row["complete"]:
         seeds = ",".join(map(str, row["missing_seeds"]))
+        if row.get("stale_seeds"):
+            seeds += f"; stale: {','.join(map(str, row['stale_seeds']))}"
         return pm + (f" ⚠ {row['n_seeds']}/{row['n_expected']} seeds (missing {seeds})" if not latex else
                      f"$^\\dagger$ {row['n_seeds']}/{row['n_expected']}")
     return pm
@@ -146,19 +175,22 @@ def expected_seeds_of(cfg) -> dict[str, list[int]]:
     return {t: list(cfg.ppo.seeds) for t in cfg.ppo.tasks} | {t: list(cfg.iql.seeds) for t in cfg.iql.tasks}
 
 
-def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None = None) -> dict[str, Path]:
+def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None = None, cfg=None) -> dict[str, Path]:
     """Collect ``<out>/runs`` into Table 4 and write ``table4.md``, ``table4.csv`` (long, numeric) and
-    ``table4.tex`` to ``dest`` (default ``out``), atomically. Returns the paths."""
+    ``table4.tex`` to ``dest`` (default ``out``), atomically. With ``cfg``, runs made under other settings are
+    not counted (see ``find_runs``). Returns the paths."""
     from relam.io import atomic_write_text
 
     out = Path(out)
     dest = Path(dest) if dest is not None else out
-    long = table4(find_runs(out), expected_seeds)
+    long = table4(find_runs(out, cfg), expected_seeds)
     wide = table4_wide(long)
     note = ("Success % of the final evaluation (simulator flag), mean over seeds [95 % bootstrap CI]. "
-            "⚠ = seeds missing: averaged over the finished seeds only and flagged. paper = Table 4 of the paper.")
+            "⚠ = seeds missing (unfinished, absent, or stale: run under other settings): averaged over the finished "
+            "seeds only and flagged. paper = Table 4 of the paper.")
     md = f"{note}\n\n" + _markdown(wide) + "\n"
     csv = long.assign(missing_seeds=long["missing_seeds"].map(lambda s: " ".join(map(str, s))),
+                      stale_seeds=long["stale_seeds"].map(lambda s: " ".join(map(str, s))),
                       seeds=long["seeds"].map(lambda s: " ".join(map(str, s))),
                       per_seed=long["per_seed"].map(lambda s: " ".join(map(str, s)))).to_csv(index=False,
                                                                                              float_format="%.2f")

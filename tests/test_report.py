@@ -77,3 +77,22 @@ def test_success_curves_only_average_steps_every_seed_reached(tmp_path):
     c = success_curves(eval_curves(tmp_path), "door-open")["relam"]
     assert list(c["step"]) == [10] and c["mean"].item() == 50.0
     assert c["lo"].item() <= 50 <= c["hi"].item()
+
+
+def test_runs_made_under_other_settings_are_stale_not_counted(tmp_path):
+    from relam.config import load_config
+    from relam.rl.ppo import run_config
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "ppo": {"seeds": [0, 1]}})
+    for seed, delta in ((0, cfg.reward.delta), (1, 0.5)):
+        _run(tmp_path, "drawer-open", "relam-gt", seed, 1.0 if seed == 0 else 0.0)
+        conf = run_config(cfg, "drawer-open", "relam-gt", seed)
+        conf["reward"]["delta"] = delta
+        (tmp_path / "runs" / "drawer-open" / "relam-gt" / f"seed{seed}" / "config.json").write_text(json.dumps(conf))
+    runs = find_runs(tmp_path, cfg).set_index("seed")
+    assert runs.loc[0, "finished"] and not runs.loc[0, "stale"]
+    assert runs.loc[1, "stale"] and not runs.loc[1, "finished"]
+    row = table4(find_runs(tmp_path, cfg), [0, 1]).iloc[0]
+    assert row["success_mean"] == 100.0 and row["missing_seeds"] == [1] and row["stale_seeds"] == [1]
+    assert "stale: 1" in write_table4(tmp_path, [0, 1], cfg=cfg)["md"].read_text()
+    assert table4(find_runs(tmp_path), [0, 1]).iloc[0]["success_mean"] == 50.0   # without cfg: both counted

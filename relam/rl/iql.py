@@ -111,21 +111,27 @@ def evaluate(algo, env, episodes: int) -> dict:
         env, episodes)
 
 
+def run_config(cfg, task: str, method: str, seed: int) -> dict:
+    """What defines a run (its config.json): changing any of it starts the run over."""
+    from relam.rl.ppo import anchor_setting
+    return {"task": task, "method": method, "seed": seed, "algo": "iql",
+            "iql": asdict(cfg.iql) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
+            "reward": cfg.reward.settings(method != "relam-gt"), **anchor_setting(cfg, method),
+            "profile": cfg.profile}
+
+
 def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) -> dict:
     """Relabel (if needed), train (or resume, or skip) one IQL run and evaluate it in the simulator."""
     import d3rlpy
     import torch
 
-    from relam.rl.ppo import anchor_setting, make_env, make_planner
+    from relam.rl.ppo import make_env, make_planner
     from relam.rl.relabel import dataset_summary, relabel_dataset
 
     torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
     c = cfg.iql
     run_dir = run_dir_of(cfg, task, method, seed)
-    done = begin_run(run_dir, {"task": task, "method": method, "seed": seed, "algo": "iql",
-                               "iql": asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
-                               "reward": cfg.reward.settings(method != "relam-gt"), **anchor_setting(cfg, method),
-                               "profile": cfg.profile},
+    done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"))
     if done is not None:
         return done
