@@ -42,7 +42,8 @@ def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
         if res.exists() and not stale:
             r = json.loads(res.read_text())
             row.update(success=r["success_rate"], last_subgoal=r["last_subgoal_rate"], steps=r["steps"],
-                       seconds=r.get("seconds_this_session"), steps_per_second=r.get("steps_per_second"))
+                       seconds=r.get("seconds_this_session"),
+                       steps_per_second=r.get("steps_per_second", r.get("train_steps_per_second")))
         rows.append(row)
     return pd.DataFrame(rows, columns=["task", "method", "seed", "finished", "stale", "success", "last_subgoal",
                                        "steps", "seconds", "steps_per_second", "dir"])
