@@ -1,5 +1,8 @@
 """Offline relabelling (SPEC §7) of a tiny recorded PushCube dataset with ground-truth keypoint subgoals."""
+import json
+
 import numpy as np
+import pytest
 
 from relam.config import load_config
 from relam.reward import reward_function
@@ -54,3 +57,40 @@ def test_iql_smoke_fit_writes_a_checkpoint_that_loads_and_evaluates(tmp_path):
     x = flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))[None]
     assert algo.predict(x).shape == (1, 4)
     assert train_run(cfg, "PushCube", "relam-gt", 0)["skipped"]
+
+
+def test_downscale_block_averages_channels_first():
+    from relam.rl.iql import downscale
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2, :2, 0] = 255                      # top-left block red
+    img[2:, 2:, 2] = 51                       # bottom-right block dim blue
+    x = downscale(img, 2).reshape(3, 2, 2)
+    assert x[0, 0, 0] == 1.0 and x[0].sum() == 1.0
+    assert x[2, 1, 1] == pytest.approx(0.2) and x[1].sum() == 0
+    with pytest.raises(ValueError, match="must divide"):
+        downscale(img, 3)
+
+
+def test_iql_pixel_policy_smoke_fit_and_evaluation(tmp_path):
+    import d3rlpy
+
+    from relam.data.demos import collect_offline
+    from relam.rl.iql import downscale, flat_observation, train_run
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": 1, "n_noisy": 1},
+                                "iql": {"epochs": 1, "steps_per_epoch": 10, "eval_every_epochs": 1,
+                                        "eval_episodes": 1, "observation": "pixels", "image_size": 64}})
+    collect_offline(cfg, "PushCube", progress=False)
+    res = train_run(cfg, "PushCube", "relam-gt", 0)
+    assert res["final_eval"]["episodes"] == 1 and res["steps"] == 10
+    rd = cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
+    assert json.loads((rd / "config.json").read_text())["iql"]["observation"] == "pixels"
+    algo = d3rlpy.load_learnable(str(rd / "model.d3"), device="cpu:0")
+    x = np.concatenate([downscale(np.zeros((128, 128, 3), np.uint8), 64),
+                        flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))])[None]
+    assert algo.predict(x).shape == (1, 4)
+    # the CNN sees the image: changing only the pixels changes the critic's value
+    y = x.copy()
+    y[0, :3 * 64 * 64] = 1.0
+    assert not np.allclose(algo.predict_value(x, algo.predict(x)), algo.predict_value(y, algo.predict(x)))

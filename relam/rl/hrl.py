@@ -31,6 +31,16 @@ class GAECutVecEnv(VecEnvWrapper):
         return obs, rewards, dones | cut, infos
 
 
+def image_cnn(c: int, h: int, w: int, out_dim: int) -> nn.Module:
+    """The paper's 3-layer CNN over an image in [0, 1], (B, c, h, w) -> (B, out_dim); used by PPO and IQL."""
+    conv = nn.Sequential(
+        nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+    with torch.no_grad():
+        n = conv(torch.zeros(1, c, h, w)).shape[1]
+    return nn.Sequential(conv, nn.Linear(n, out_dim), nn.ReLU())
+
+
 class KeypointFeatures(BaseFeaturesExtractor):
     """points (keypoints, subgoal, subgoal - keypoints, proprioception) -> MLP; with an 'image' key also a
     3-layer CNN over the frame (paper), concatenated."""
@@ -44,13 +54,7 @@ class KeypointFeatures(BaseFeaturesExtractor):
                                     nn.Tanh())
         self.cnn = None
         if has_image:
-            c, h, w = spaces["image"].shape
-            conv = nn.Sequential(
-                nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
-            with torch.no_grad():
-                n = conv(torch.zeros(1, c, h, w)).shape[1]
-            self.cnn = nn.Sequential(conv, nn.Linear(n, image_dim), nn.ReLU())
+            self.cnn = image_cnn(*spaces["image"].shape, image_dim)
 
     def forward(self, obs):
         kp, sg = obs["keypoints"], obs["subgoal"]

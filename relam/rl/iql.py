@@ -61,6 +61,11 @@ class IQLConfig:
     """Simulator episodes per evaluation, from held-out initial states."""
     anticipation_run: str = "task"
     """Which anticipation model plans for 'relam' and 'env-reward': 'task' (per-task model) or 'multitask'."""
+    observation: str = "keypoints"
+    """'keypoints' (keypoints, subgoal, difference, proprio; the CPU default) or 'pixels' (the paper's: the RGB
+    frame through a 3-layer CNN + that vector through an MLP)."""
+    image_size: int = 64
+    """'pixels' only: frames are block-averaged to this size (128 -> 64 keeps a 100-trajectory dataset < 1 GB)."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
 
@@ -69,6 +74,99 @@ def flat_observation(keypoints, subgoal, state) -> np.ndarray:
     """The keypoint-only observation vector (..., 6K + 4)."""
     kp, sg = np.asarray(keypoints, np.float32), np.asarray(subgoal, np.float32)
     return np.concatenate([kp, sg, sg - kp, np.asarray(state, np.float32)], -1)
+
+
+def downscale(images: np.ndarray, size: int) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., 3 * size * size) float32 in [0, 1], channels first, by block averaging."""
+    images = np.asarray(images)
+    h = images.shape[-3]
+    if h % size:
+        raise ValueError(f"iql.image_size {size} must divide the frame size {h} (e.g. 64 or 32 for 128 px frames)")
+    f = h // size
+    x = images.reshape(images.shape[:-3] + (size, f, size, f, 3)).mean((-4, -2), dtype=np.float32) / 255.0
+    return np.moveaxis(x, -1, -3).reshape(images.shape[:-3] + (-1,))
+
+
+def pixel_encoder_factory(image_size: int, hidden: int):
+    """A d3rlpy encoder factory for 'pixels' observations: CNN over the image part (``relam.rl.hrl.image_cnn``),
+    MLP over the keypoint part (+ the action for Q-functions), joined by a linear layer. Calling it registers the
+    factory with d3rlpy: do so before ``d3rlpy.load_learnable`` of a 'pixels' model in a new process."""
+    global _PIXEL_FACTORY
+    if _PIXEL_FACTORY is None:
+        from dataclasses import dataclass as _dc
+
+        import torch
+        from d3rlpy.models.encoders import EncoderFactory, register_encoder_factory
+        from d3rlpy.models.torch.encoders import Encoder, EncoderWithAction
+        from torch import nn
+
+        from relam.rl.hrl import image_cnn
+
+        class _Body(nn.Module):
+            def __init__(self, obs_dim, size, hidden, action_size=0):
+                super().__init__()
+                self.n_img, self.size = 3 * size * size, size
+                self.cnn = image_cnn(3, size, size, hidden)
+                self.mlp = nn.Sequential(nn.Linear(obs_dim - self.n_img + action_size, hidden), nn.ReLU())
+                self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU())
+
+            def features(self, x, action=None):
+                img = x[:, :self.n_img].reshape(-1, 3, self.size, self.size)
+                vec = x[:, self.n_img:] if action is None else torch.cat([x[:, self.n_img:], action], -1)
+                return self.head(torch.cat([self.cnn(img), self.mlp(vec)], -1))
+
+        class PixelKeypointEncoder(Encoder):
+            def __init__(self, *a):
+                super().__init__()
+                self.body = _Body(*a)
+
+            def forward(self, x):
+                return self.body.features(x)
+
+        class PixelKeypointEncoderWithAction(EncoderWithAction):
+            def __init__(self, *a):
+                super().__init__()
+                self.body = _Body(*a)
+
+            def forward(self, x, action):
+                return self.body.features(x, action)
+
+        @_dc()
+        class PixelKeypointEncoderFactory(EncoderFactory):
+            image_size: int = 64
+            hidden: int = 256
+
+            def create(self, observation_shape):
+                return PixelKeypointEncoder(observation_shape[0], self.image_size, self.hidden)
+
+            def create_with_action(self, observation_shape, action_size, discrete_action=False):
+                return PixelKeypointEncoderWithAction(observation_shape[0], self.image_size, self.hidden, action_size)
+
+            @staticmethod
+            def get_type() -> str:
+                return "relam_pixel_keypoint"
+
+        register_encoder_factory(PixelKeypointEncoderFactory)   # d3rlpy.load_learnable needs it registered
+        _PIXEL_FACTORY = PixelKeypointEncoderFactory
+    return _PIXEL_FACTORY(image_size=image_size, hidden=hidden)
+
+
+_PIXEL_FACTORY = None
+
+
+def offline_images(cfg, task: str, npz_path: Path | str, size: int) -> np.ndarray:
+    """Per relabelled transition, the downscaled frame of its state (from the offline dataset's videos)."""
+    from relam.data.demos import offline_path
+    from relam.data.store import EpisodeSet
+
+    with np.load(npz_path) as d:
+        episode, t = d["episode"], d["t"]
+    out = np.empty((len(episode), 3 * size * size), np.float32)
+    with EpisodeSet(offline_path(cfg, task)) as ds:
+        for e in np.unique(episode):
+            rows = np.flatnonzero(episode == e)
+            out[rows] = downscale(ds[int(e)].frames[t[rows]], size)
+    return out
 
 
 def _source(method: str) -> tuple[str, str]:
@@ -82,11 +180,14 @@ def _source(method: str) -> tuple[str, str]:
     raise ValueError(f"unknown IQL method {method!r}; choose from {METHODS}")
 
 
-def build_dataset(npz_path: Path | str, reward_key: str):
-    """d3rlpy MDPDataset from a relabelled file (``relam.rl.relabel``)."""
+def build_dataset(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None):
+    """d3rlpy MDPDataset from a relabelled file (``relam.rl.relabel``); ``images`` (per transition, from
+    ``offline_images``) makes 'pixels' observations."""
     import d3rlpy
     with np.load(npz_path) as d:
         obs = flat_observation(d["keypoints"], d["subgoal"], d["state"])
+        if images is not None:
+            obs = np.concatenate([images, obs], -1)
         return d3rlpy.dataset.MDPDataset(
             observations=obs, actions=d["action"], rewards=d[reward_key].astype(np.float32),
             terminals=d["terminal"].astype(np.float32), timeouts=d["timeout"].astype(np.float32),
@@ -96,7 +197,12 @@ def build_dataset(npz_path: Path | str, reward_key: str):
 def make_algo(c: IQLConfig, seed: int):
     import d3rlpy
     d3rlpy.seed(seed)
-    enc = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=list(c.hidden))
+    if c.observation == "pixels":
+        enc = pixel_encoder_factory(c.image_size, c.hidden[-1])
+    elif c.observation == "keypoints":
+        enc = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=list(c.hidden))
+    else:
+        raise ValueError(f"unknown iql.observation {c.observation!r}; choose 'keypoints' or 'pixels'")
     return d3rlpy.algos.IQLConfig(
         actor_learning_rate=c.learning_rate, critic_learning_rate=c.learning_rate, batch_size=c.batch_size,
         gamma=c.gamma, tau=c.tau, expectile=c.expectile, weight_temp=c.temperature, max_weight=c.max_weight,
@@ -104,18 +210,29 @@ def make_algo(c: IQLConfig, seed: int):
     ).create(device="cpu:0")
 
 
-def evaluate(algo, env, episodes: int) -> dict:
-    """Greedy IQL policy on held-out initial states (``relam.rl.runs.evaluate_policy``)."""
-    return evaluate_policy(
-        lambda obs: algo.predict(flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])[None])[0],
-        env, episodes)
+def evaluate(algo, env, episodes: int, image_size: int | None = None) -> dict:
+    """Greedy IQL policy on held-out initial states (``relam.rl.runs.evaluate_policy``); ``image_size`` for a
+    'pixels' policy (the env must then yield ``obs['image']``)."""
+    def act(obs):
+        x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])
+        if image_size is not None:
+            x = np.concatenate([downscale(np.moveaxis(obs["image"], 0, -1), image_size), x])
+        return algo.predict(x[None])[0]
+    return evaluate_policy(act, env, episodes)
+
+
+def _iql_settings(c: IQLConfig) -> dict:
+    d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
+    if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
+        del d["observation"], d["image_size"]
+    return d
 
 
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
     from relam.rl.ppo import anchor_setting
     return {"task": task, "method": method, "seed": seed, "algo": "iql",
-            "iql": asdict(cfg.iql) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
+            "iql": _iql_settings(cfg.iql),
             "reward": cfg.reward.settings(method != "relam-gt"), **anchor_setting(cfg, method),
             "profile": cfg.profile}
 
@@ -141,8 +258,13 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     planner = make_planner(task, eval_method, cfg, c.anticipation_run)
     data_path = relabel_dataset(cfg, task, source, planner=planner if source == eval_method else None,
                                 progress=progress, anticipation_run=c.anticipation_run)
-    dataset = build_dataset(data_path, reward_key)
-    env = make_env(task, planner, cfg, image_obs=False)
+    pixels = c.observation == "pixels"
+    images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
+    dataset = build_dataset(data_path, reward_key, images)
+    del images
+    if pixels:
+        pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
+    env = make_env(task, planner, cfg, image_obs=pixels)
 
     state = {"epoch": 0, "evals": []}
     if (run_dir / "checkpoint.d3").exists() and (run_dir / "state.json").exists():
@@ -167,7 +289,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                         [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
-        res = evaluate(algo, env, c.eval_episodes)
+        res = evaluate(algo, env, c.eval_episodes, c.image_size if pixels else None)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
                     [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
