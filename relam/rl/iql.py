@@ -170,7 +170,7 @@ def offline_images(cfg, task: str, npz_path: Path | str, size: int) -> np.ndarra
 
 
 def _source(method: str) -> tuple[str, str]:
-    """(relabelled file, reward column) of a method."""
+    """(relabelled file, reward column) of a method; the file's plans are also the ones evaluation uses."""
     if method == "relam":
         return "relam", "reward"
     if method == "relam-gt":
@@ -254,10 +254,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
         return done
 
     source, reward_key = _source(method)
-    eval_method = "relam-gt" if method == "relam-gt" else "relam"
-    planner = make_planner(task, eval_method, cfg, c.anticipation_run)
-    data_path = relabel_dataset(cfg, task, source, planner=planner if source == eval_method else None,
-                                progress=progress, anticipation_run=c.anticipation_run)
+    planner = make_planner(task, source, cfg, c.anticipation_run)
+    data_path = relabel_dataset(cfg, task, source, planner=planner, progress=progress,
+                                anticipation_run=c.anticipation_run)
     pixels = c.observation == "pixels"
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
     dataset = build_dataset(data_path, reward_key, images)

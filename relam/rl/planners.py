@@ -22,6 +22,13 @@ from relam.perception.keyframes import KeyframeConfig
 from relam.perception.keypoints import KeypointConfig
 
 
+def required_task_seed(info: dict | None, who: str) -> int:
+    """The episode's task seed, for simulator oracles that re-create its initial state."""
+    if not info or info.get("task_seed") is None:
+        raise ValueError(f"{who} needs the task seed (info['task_seed'], set by relam.rl.env.TaskEnv)")
+    return int(info["task_seed"])
+
+
 class ModelPlanner:
     def __init__(self, checkpoint: Path | str, task: str, max_len: int | None = None):
         from relam.models.train_anticipation import load_model
@@ -58,9 +65,8 @@ class ExpertPlanner:
         from relam.perception.subgoals import extract_demo
         from relam.perception.trackers import SimTracker
 
-        if not info or info.get("task_seed") is None:
-            raise ValueError("ExpertPlanner needs the task seed (info['task_seed'], set by relam.rl.env.TaskEnv)")
-        ep = rollout(self.task, int(info["task_seed"]), extra_after_success=self.extra, record_frames=False)
+        ep = rollout(self.task, required_task_seed(info, "ExpertPlanner"), extra_after_success=self.extra,
+                     record_frames=False)
         gt = ep.groundtruth
         size = self.task.image_size
         video = np.broadcast_to(np.zeros((1, size, size, 3), np.uint8), (len(gt["body_poses"]), size, size, 3))
@@ -122,9 +128,7 @@ class SimFirstFrameMasks:
         self.prompts = list(self.task.spec.prompts)
 
     def __call__(self, frame, info: dict | None) -> list[np.ndarray]:
-        if not info or info.get("task_seed") is None:
-            raise ValueError("SimFirstFrameMasks needs the task seed (info['task_seed'], set by relam.rl.env.TaskEnv)")
-        self.task.reset(int(info["task_seed"]))
+        self.task.reset(required_task_seed(info, "SimFirstFrameMasks"))
         masks = self.task.masks(self.prompts)
         return [masks[p] for p in self.prompts]
 
