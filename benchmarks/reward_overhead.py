@@ -1,7 +1,9 @@
 """Env steps/s with the ReLAM reward wrapper against the bare env, measured in the same run (issue 5 target:
 overhead <= 10 % with the sim tracker and the keypoint-only policy, i.e. no rendering per step).
 
-Random actions, 200-step episodes over a pool of initial states. Two wrapper numbers: ``warm`` (every pool seed
+Two loops: random actions (the env alone), and ``--policy`` (each step's action from the keypoint-only PPO policy,
+as in training; the bare env's loop runs the same policy on a fixed observation, so both pay the same network
+cost). 200-step episodes over a pool of initial states. Two wrapper numbers: ``warm`` (every pool seed
 already planned, as in most of an RL run: plans are cached per seed) and ``cold`` (every episode plans anew: one
 render + anticipation-model call or expert rollout per episode). Rounds alternate bare / wrapped to share noise.
 
@@ -17,15 +19,36 @@ from relam.rl.env import TaskEnv
 from relam.rl.ppo import make_env, make_planner
 
 
-def run(env, steps: int, seed: int, reset_options=None) -> float:
+def run(env, steps: int, seed: int, act=None) -> float:
+    """Steps/s of ``env`` driven by ``act(obs)`` (default: uniform random actions)."""
     rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
+    act = act or (lambda _obs: rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+    obs, _ = env.reset(seed=seed)
     t0 = time.perf_counter()
     for _ in range(steps):
-        _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        obs, _, term, trunc, _ = env.step(act(obs))
         if term or trunc:
-            env.reset()
+            obs, _ = env.reset()
     return steps / (time.perf_counter() - t0)
+
+
+def policy_actions(wrapped, cfg):
+    """(act for the wrapped env, act for the bare env): the keypoint-only PPO policy as training builds it; the
+    bare env has no keypoint observation, so its loop feeds the policy one fixed wrapped observation."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from relam.rl.hrl import KeypointFeatures
+
+    torch.set_num_threads(cfg.torch_threads)
+    p = cfg.ppo
+    model = PPO("MultiInputPolicy", DummyVecEnv([lambda: wrapped]), device="cpu", seed=0,
+                policy_kwargs={"features_extractor_class": KeypointFeatures,
+                               "net_arch": {"pi": list(p.net_arch), "vf": list(p.net_arch)}})
+    fixed, _ = wrapped.reset()
+    act = lambda obs: model.predict(obs, deterministic=False)[0]  # noqa: E731 - sampling, as in rollouts
+    return act, lambda _obs: act(fixed)
 
 
 def main():
@@ -36,6 +59,7 @@ def main():
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=4)
+    ap.add_argument("--policy", action="store_true", help="actions from the keypoint-only PPO policy network")
     a = ap.parse_args()
     cfg = load_config(a.profile, {"ppo": {"policy": "keypoints"}})
     planner = make_planner(a.task, a.method, cfg)
@@ -45,13 +69,17 @@ def main():
     bare = TaskEnv(wrapped.unwrapped.task, seed_pool=pool)
     for s in pool:  # warm the plan cache
         wrapped.reset(options={"task_seed": int(s)})
+    act = bare_act = None
+    if a.policy:
+        act, bare_act = policy_actions(wrapped, cfg)
     fps = {"bare": [], "wrapped_warm": [], "wrapped_cold": []}
     for r in range(a.rounds):
-        fps["bare"].append(run(bare, a.steps, r))
-        fps["wrapped_warm"].append(run(wrapped, a.steps, r))
-        fps["wrapped_cold"].append(run(cold, a.steps, r))
+        fps["bare"].append(run(bare, a.steps, r, bare_act))
+        fps["wrapped_warm"].append(run(wrapped, a.steps, r, act))
+        fps["wrapped_cold"].append(run(cold, a.steps, r, act))
     med = {k: float(np.median(v)) for k, v in fps.items()}
-    print(f"task {a.task}, method {a.method}, {a.steps} steps x {a.rounds} rounds (median steps/s)")
+    loop = "keypoint-policy actions" if a.policy else "random actions"
+    print(f"task {a.task}, method {a.method}, {loop}, {a.steps} steps x {a.rounds} rounds (median steps/s)")
     for k, v in med.items():
         print(f"  {k:13s} {v:8.1f} steps/s   ratio to bare {v / med['bare']:.3f}   overhead "
               f"{100 * (med['bare'] / v - 1):5.1f} %")

@@ -11,7 +11,7 @@ from relam.models.train_anticipation import (AnticipationConfig, Sample, evaluat
                                              loss_fn, plan_errors, train)
 from relam.perception.subgoals import SubgoalDataset
 
-TINY = dict(d_model=32, n_layers=2, n_heads=2, dropout=0.0, cnn_channels=16, cnn_grid=2, max_subgoals=8)
+TINY = dict(d_model=32, n_layers=2, n_heads=2, dropout=0.0, cnn_channels=16, cnn_grid=2, cnn_points=2, max_subgoals=8)
 
 
 def _model(**kw):
@@ -27,7 +27,7 @@ def _images(b, seed=0):
 def test_output_shapes():
     m = _model()
     feats = m.encode_images(_images(3), _images(3, 1))
-    assert feats.shape == (3, 2, 4, 16)
+    assert feats.shape == (3, 2, 4 + 2, 16)   # 2 x 2 grid tokens + 2 point tokens
     pred, stop = m(feats, torch.rand(3, 5, 4, 2))
     assert pred.shape == (3, 5, 4, 2) and stop.shape == (3, 4)
 
@@ -98,6 +98,7 @@ def test_tiny_model_overfits_tiny_dataset():
         loss, _, _ = loss_fn(m, feats(samples), samples, 1.0)
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)      # as train() does
         opt.step()
     err = evaluate(m, feats, samples, image_size=32)
     assert err["x0_px"] < 0.5 and err["subgoal_px"] < 1.0 and err["len_err"] == 0, err
@@ -185,3 +186,84 @@ def test_missing_dinov2_weights_name_the_fix_and_fallback(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EncoderUnavailableError, match=r"huggingface-cli download.*encoder='cnn'"):
         DINOv2Encoder(str(tmp_path / "nowhere"))
+
+
+def test_cnn_coordinates_tell_positions_inside_a_pooled_cell_apart(tmp_path):
+    """With CoordConv inputs the pooled token of a cell depends on WHERE in the cell an object sits; checkpoints
+    written before the option existed (no ``cnn_coords`` key) still load, as the plain CNN they were."""
+    from relam.models.encoders import CNNEncoder
+    from relam.models.train_anticipation import save_checkpoint
+
+    blank = torch.zeros(1, 128, 128, 3, dtype=torch.uint8)
+    a, b = blank.clone(), blank.clone()
+    a[0, 24:28, 24:28] = 255
+    b[0, 32:36, 32:36] = 255        # 8 px (the CNN's stride) further, inside the same 64 x 64 cell, off the borders
+    for coords in (False, True):
+        torch.manual_seed(0)
+        enc = CNNEncoder(channels=8, grid=2, coords=coords, points=0)
+        assert enc.stem[0].in_channels == 3 + 2 * coords
+        spot = (enc(a) - enc(blank))[0, 0].norm()
+        moved = (enc(a) - enc(b))[0, 0].norm() / spot     # how much the token changes when the spot moves
+        assert (moved > 0.02) if coords else (moved < 0.005)   # a plain CNN + average pool barely sees the move
+    old = AnticipationModelConfig(**{**TINY, "cnn_coords": False, "cnn_points": 0})
+    acfg = AnticipationConfig(model=old)
+    save_checkpoint(tmp_path / "old.pt", AnticipationModel(old), None, 0, acfg)
+    ckpt = torch.load(tmp_path / "old.pt", weights_only=False)
+    del ckpt["config"]["model"]["cnn_coords"], ckpt["config"]["model"]["cnn_points"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    model, _ = load_model(tmp_path / "old.pt")
+    assert model.encoder.stem[0].in_channels == 3 and model.encoder.points == 0
+
+
+def test_cnn_point_tokens_are_the_soft_argmax_of_their_heat_maps():
+    from relam.models.encoders import CNNEncoder
+
+    enc = CNNEncoder(channels=8, grid=2, points=2)
+    fmap = torch.zeros(1, 64, 32, 32)
+    with torch.no_grad():
+        enc.heat.weight.zero_(), enc.heat.bias.zero_()
+        enc.heat.weight[0, 0] = enc.heat.weight[1, 1] = 50.0     # map 0 follows channel 0, map 1 channel 1
+        enc.log_temperature.zero_()
+    fmap[0, 0, 8, 24] = 1.0                                    # row 8, column 24
+    fmap[0, 1, 31, 0] = 1.0
+    xy = enc.soft_argmax(fmap)[0]
+    lin = torch.linspace(-1, 1, 32)
+    torch.testing.assert_close(xy[0], torch.stack([lin[24], lin[8]]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(xy[1], torch.stack([lin[0], lin[31]]), atol=1e-3, rtol=0)
+    assert enc(torch.zeros(2, 64, 64, 3, dtype=torch.uint8)).shape == (2, 4 + 2, 8)
+
+
+def test_shift_augmentation_moves_the_scene_and_its_plan_together():
+    from relam.models.train_anticipation import shift_samples
+
+    sample = _tiny_dataset(n=1)[0]
+    ys, xs = np.nonzero(sample.first_frame[..., 0])
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        state = rng.bit_generator.state
+        (moved,) = shift_samples([sample], 4, rng, image_size=32)
+        rng2 = np.random.default_rng()
+        rng2.bit_generator.state = state
+        dx, dy = rng2.integers(-4, 5, 2)
+        ys2, xs2 = np.nonzero(moved.first_frame[..., 0])
+        assert (xs2.min() - xs.min(), ys2.min() - ys.min()) == (dx, dy)
+        np.testing.assert_allclose(moved.subgoals - sample.subgoals, np.broadcast_to([dx / 32, dy / 32],
+                                                                                      sample.subgoals.shape), atol=1e-6)
+        assert moved.first_frame.shape == sample.first_frame.shape and moved.task_index == sample.task_index
+
+
+def test_a_rebuilt_subgoal_dataset_retrains_the_model(tmp_path):
+    """The run records the settings of the data it was trained on (keypoint selection, keyframes...), so a
+    subgoal dataset rebuilt under other settings is not silently planned for by the old model."""
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=2, eval_every=2,
+                             checkpoint_every=2, warmup_steps=1)
+    ds = _write_subgoal_ds(tmp_path)
+    ds.settings = {"keypoints": {"selection": "fps"}}
+    run = tmp_path / "run"
+    train(run, {"toy": ds}, cfg, 32, progress=False)
+    assert train(run, {"toy": ds}, cfg, 32, progress=False)["skipped"]
+    ds.settings = {"keypoints": {"selection": "near-object"}}
+    assert "skipped" not in train(run, {"toy": ds}, cfg, 32, progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["toy"]["keypoints"]["selection"] == "near-object"
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["data"] == saved["data"]

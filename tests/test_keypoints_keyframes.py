@@ -105,6 +105,37 @@ def test_keypoint_order_is_stable_under_small_perturbation():
     np.testing.assert_allclose(ref.points[0], farthest_from_pivot, err_msg="FPS must start at the most-moving pixel")
 
 
+def test_most_moving_spread_takes_the_fastest_points_at_least_min_dist_apart():
+    from relam.perception.keypoints import most_moving_spread
+
+    pts = np.array([[0, 0], [1, 0], [10, 0], [20, 0], [2, 0]], float)
+    motion = np.array([5.0, 4.0, 3.0, 1.0, 4.5])
+    assert most_moving_spread(pts, motion, 3, min_dist=3.0).tolist() == [0, 2, 3]   # 4 and 1 are too close to 0
+    assert most_moving_spread(pts, motion, 3, min_dist=0.5).tolist() == [0, 4, 1]
+    # not enough points that far apart: the rest come from farthest point sampling
+    assert most_moving_spread(pts, motion, 3, min_dist=15.0).tolist() == [0, 3, 2]
+
+
+def test_near_object_selection_puts_robot_keypoints_next_to_the_object_in_every_demo():
+    """'near-object': the robot's keypoints are its moving candidates closest to the object masks (the gripper
+    in a manipulation scene), so the same physical points are chosen whatever the motion; 'fps' starts from the
+    most-moving pixel and spreads over the whole arm."""
+    video, masks, tracker = _synthetic_scene()
+    obj_pixels = np.argwhere(masks["cube"])[:, ::-1] + 0.5
+    cfg = KeypointConfig(num_keypoints=4, window=3, selection="near-object", min_separation=0.05)
+    kp = select_keypoints(video, masks, tracker, cfg)
+    fps = select_keypoints(video, masks, tracker, KeypointConfig(num_keypoints=4, window=3))
+    assert kp.prompt_index.tolist() == [0, 0, 0, 1]
+    np.testing.assert_allclose(kp.points[3], fps.points[3])             # object keypoints: unchanged rule
+    cands = kp.candidates["robot arm"]
+    to_obj = lambda p: np.linalg.norm(np.asarray(p)[..., None, :] - obj_pixels, axis=-1).min(-1)  # noqa: E731
+    assert to_obj(kp.points[0]) == pytest.approx(to_obj(cands).min())
+    assert to_obj(kp.points[:3]).max() < to_obj(fps.points[:3]).max()
+    assert _min_pairwise(kp.points[:3]) >= 0.05 * 64
+    with pytest.raises(ValueError, match="unknown keypoint selection"):
+        KeypointConfig(selection="random")
+
+
 def test_quotas_follow_the_spec():
     assert quotas(["robot", "obj"], 4, 0.25) == [3, 1]
     assert quotas(["robot", "obj"], 8, 0.25) == [6, 2]

@@ -96,3 +96,26 @@ def test_runs_made_under_other_settings_are_stale_not_counted(tmp_path):
     assert row["success_mean"] == 100.0 and row["missing_seeds"] == [1] and row["stale_seeds"] == [1]
     assert "stale: 1" in write_table4(tmp_path, [0, 1], cfg=cfg)["md"].read_text()
     assert table4(find_runs(tmp_path), [0, 1]).iloc[0]["success_mean"] == 50.0   # without cfg: both counted
+
+
+def test_a_retrained_anticipation_model_makes_generated_plan_runs_stale(tmp_path):
+    """Runs and relabelled files record which anticipation model planned; ground-truth runs do not depend on it."""
+    from relam.config import load_config
+    from relam.rl.iql import run_config as iql_run_config
+    from relam.rl.ppo import run_config
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "ppo": {"seeds": [0]}})
+    model_cfg = tmp_path / "anticipation" / "drawer-open" / "config.json"
+    model_cfg.parent.mkdir(parents=True)
+    model_cfg.write_text('{"lr": 0.0001}')
+    for method in ("relam", "relam-gt"):
+        _run(tmp_path, "drawer-open", method, 0, 1.0)
+        conf = run_config(cfg, "drawer-open", method, 0)
+        (tmp_path / "runs" / "drawer-open" / method / "seed0" / "config.json").write_text(json.dumps(conf))
+    before_iql = iql_run_config(cfg, "drawer-open", "relam", 0)
+    assert not find_runs(tmp_path, cfg)["stale"].any()
+    model_cfg.write_text('{"lr": 0.0003}')                                         # retrained under other settings
+    runs = find_runs(tmp_path, cfg).set_index("method")
+    assert runs.loc["relam", "stale"] and not runs.loc["relam", "finished"]
+    assert runs.loc["relam-gt", "finished"] and not runs.loc["relam-gt", "stale"]
+    assert iql_run_config(cfg, "drawer-open", "relam", 0) != before_iql

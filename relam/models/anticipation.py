@@ -44,6 +44,10 @@ class AnticipationModelConfig:
     """Width of the CNN encoder's patch tokens."""
     cnn_grid: int = 4
     """The CNN encoder gives grid x grid tokens per image."""
+    cnn_coords: bool = False
+    """Give the CNN encoder each pixel's (x, y) as two extra input channels (CoordConv; ours, see CNNEncoder)."""
+    cnn_points: int = 0
+    """Extra CNN tokens, one per learned heat map, holding its soft-argmax (x, y) (ours, see CNNEncoder; 0: off)."""
 
 
 def check_num_keypoints(model_k: int, data_k: int) -> None:
@@ -96,7 +100,7 @@ class AnticipationModel(nn.Module):
 
     def _tokens_per_image(self) -> int:
         if hasattr(self.encoder, "grid"):                                    # CNN
-            return self.encoder.grid ** 2
+            return self.encoder.grid ** 2 + self.encoder.points
         side = self.cfg.dinov2_image_size // self.encoder.model.config.patch_size // max(self.cfg.dinov2_pool, 1)
         return side ** 2
 

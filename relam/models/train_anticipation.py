@@ -44,6 +44,11 @@ class AnticipationConfig:
     """Linear warm-up before the cosine decay (ours)."""
     train_steps: int = 20000
     """Optimiser steps per run."""
+    shift_augment: int = 0
+    """Random translation of each training first frame by up to this many pixels, with its subgoals moved by the
+    same amount (ours; 0: off). With ~45 demos per task a from-scratch encoder memorises them instead of learning
+    where objects are; a shifted scene must give the shifted plan, which teaches exactly that. Trainable (CNN)
+    encoders only: a frozen encoder's features are cached per image."""
     stop_weight: float = 1.0
     """Weight of the stop-logit BCE against the coordinate MSE (ours)."""
     val_fraction: float = 0.1
@@ -97,6 +102,21 @@ class Features:
         if self.cache is not None:
             return torch.stack([self.cache.encode(first), self.cache.encode(task.numpy())], 1)
         return self.model.encode_images(torch.from_numpy(first), task)
+
+
+def shift_samples(samples, max_shift: int, rng: np.random.Generator, image_size: int):
+    """Translate each first frame by a random integer (dx, dy) in [-max_shift, max_shift] (edge pixels fill the
+    gap) and its subgoals by the same amount; the task-indication frame is left alone."""
+    out = []
+    for s in samples:
+        dx, dy = (int(v) for v in rng.integers(-max_shift, max_shift + 1, 2))
+        h, w = s.first_frame.shape[:2]
+        m = max_shift
+        padded = np.pad(s.first_frame, ((m, m), (m, m), (0, 0)), mode="edge")
+        frame = padded[m - dy:m - dy + h, m - dx:m - dx + w]
+        goals = s.subgoals + np.array([dx, dy], np.float32) / image_size
+        out.append(Sample(s.task, np.ascontiguousarray(frame), s.task_index, goals.astype(np.float32)))
+    return out
 
 
 def batch_targets(samples, max_len: int):
@@ -170,7 +190,8 @@ def save_checkpoint(path: Path, model, opt, step: int, cfg: AnticipationConfig, 
 def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]:
     """Rebuild a trained model from its checkpoint (for planning at RL time)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    mcfg = AnticipationModelConfig(**ckpt["config"]["model"])
+    old = {"cnn_coords": False, "cnn_points": 0}   # checkpoints written before these options: the plain CNN
+    mcfg = AnticipationModelConfig(**{**old, **ckpt["config"]["model"]})
     model = AnticipationModel(mcfg, encoder=encoder)
     model.load_state_dict(ckpt["model"])
     model.eval()
@@ -183,7 +204,10 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     torch.set_num_threads(threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_json = json.dumps(asdict(cfg), indent=2)
+    # what the model was trained on is part of the run: a subgoal dataset rebuilt under other keypoint/keyframe
+    # settings must retrain it (and, through the fingerprint of this file, make RL runs that use it stale)
+    data = {task: ds.settings for task, ds in datasets.items()}
+    cfg_json = json.dumps({**asdict(cfg), "data": data}, indent=2)
     metrics_path, ckpt_path, log_path = run_dir / "metrics.json", run_dir / "checkpoint.pt", run_dir / "log.csv"
     if metrics_path.exists() and (run_dir / "config.json").exists() \
             and (run_dir / "config.json").read_text() == cfg_json:
@@ -198,7 +222,7 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] == json.loads(cfg_json):
+        if {**ckpt["config"], "data": ckpt.get("data")} == json.loads(cfg_json):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
@@ -220,6 +244,8 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
         while step < cfg.train_steps:
             rng = np.random.default_rng(cfg.seed * 1_000_003 + step)  # batch order reproducible across resumes
             batch = [train_s[i] for i in rng.integers(0, len(train_s), cfg.batch_size)]
+            if cfg.shift_augment and not features.frozen:   # a frozen encoder's cached features cannot be shifted
+                batch = shift_samples(batch, cfg.shift_augment, rng, image_size)
             lr = _lr(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -238,7 +264,8 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
             log.writerow(row)
             if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
                 fh.flush()
-                save_checkpoint(ckpt_path, model, opt, step, cfg, {"tasks": tasks, "task_frames": task_frames})
+                save_checkpoint(ckpt_path, model, opt, step, cfg,
+                                {"tasks": tasks, "task_frames": task_frames, "data": data})
                 if features.cache is not None:
                     features.cache.save()
     train_eval = evaluate(model, features, train_s[: max(len(val_s), 8)], image_size)

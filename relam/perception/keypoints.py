@@ -31,6 +31,24 @@ class KeypointConfig:
     relax_window: bool = True
     """If a prompt keeps fewer candidates than its quota (a small or partly occluded object, e.g. PickCube's
     cube behind its goal sphere), retry with stride 1, then windows 3 and 1, with a warning. False: raise."""
+    selection: str = "fps"
+    """How the robot prompt's keypoints are chosen among its moving candidates (objects always use 'fps').
+    'fps' (paper, SPEC §2): farthest point sampling from the most-moving candidate. 'motion' (ours): the
+    most-moving candidates, at least ``min_separation`` apart. 'near-object' (ours): the candidates closest to
+    the other prompts' masks on frame 0 (the gripper, next to what it will manipulate), at least
+    ``min_separation`` apart. Why: the anticipation model must predict x^0 from the first frame, so the same
+    physical points must be chosen in every demo. Measured on the 50 `cpu` demos per task (mean error of the
+    best linear prediction of each robot keypoint's x^0 from the object keypoint's, leave-one-out, px):
+    PushCube fps 12 / 16 / 6, motion 12 / 12 / 13, near-object 5 / 6 / 7; PickCube fps 9 / 20 / 28,
+    motion 9 / 10 / 10, near-object 4 / 5 / 6; door-open fps 5 / 9 / 4, near-object 0 / 2 / 2."""
+    min_separation: float = 0.04
+    """'motion' selection only: smallest distance between two keypoints of one prompt, as a fraction of the image
+    size (0.04 -> 5.1 px at 128 px)."""
+
+    def __post_init__(self):
+        if self.selection not in ("fps", "motion", "near-object"):
+            raise ValueError(f"unknown keypoint selection {self.selection!r}; choose 'fps', 'motion' or "
+                             "'near-object'")
     static_fallback: bool = True
     """If fewer than its quota of a prompt's pixels pass the motion filter (e.g. a PickCube goal right above
     the cube: it moves ~3 px), keep that prompt's keypoints from all its candidates (FPS from the most-moving
@@ -67,6 +85,26 @@ def farthest_point_sampling(points: np.ndarray, k: int, start: int = 0) -> np.nd
     chosen = [int(start)]
     dist = np.linalg.norm(points - points[start], axis=1)
     for _ in range(k - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
+    return np.asarray(chosen)
+
+
+def most_moving_spread(points: np.ndarray, motion: np.ndarray, k: int, min_dist: float) -> np.ndarray:
+    """Indices of ``k`` points taken in order of decreasing ``motion``, skipping any closer than ``min_dist`` to
+    one already taken (if too few are that far apart, the rest are filled by farthest point sampling)."""
+    points = np.asarray(points, np.float64)
+    if k > len(points):
+        raise ValueError(f"cannot sample {k} points from {len(points)}")
+    chosen: list[int] = []
+    for i in np.argsort(-np.asarray(motion), kind="stable"):
+        if all(np.linalg.norm(points[i] - points[j]) >= min_dist for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == k:
+                return np.asarray(chosen)
+    dist = np.min([np.linalg.norm(points - points[j], axis=1) for j in chosen], axis=0)
+    while len(chosen) < k:
         nxt = int(np.argmax(dist))
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
@@ -139,8 +177,15 @@ def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfi
             moving = idx
         if q == 0:
             continue
-        start = int(np.argmax(rng[moving]))  # deterministic start: the most-moving candidate
-        pick = moving[farthest_point_sampling(all_q[moving], q, start)]
+        if cfg.selection == "motion":
+            pick = moving[most_moving_spread(all_q[moving], rng[moving], q, cfg.min_separation * size)]
+        elif cfg.selection == "near-object" and i == 0 and len(prompts) > 1:
+            others = np.concatenate([np.argwhere(masks[o])[:, ::-1] + 0.5 for o in prompts[1:]])
+            near = -np.linalg.norm(all_q[moving][:, None] - others[None], axis=-1).min(1)
+            pick = moving[most_moving_spread(all_q[moving], near, q, cfg.min_separation * size)]
+        else:
+            start = int(np.argmax(rng[moving]))  # deterministic start: the most-moving candidate
+            pick = moving[farthest_point_sampling(all_q[moving], q, start)]
         chosen.extend(pick)
         prompt_index.extend([i] * q)
     chosen = np.asarray(chosen)

@@ -121,6 +121,7 @@ class SubgoalDataset:
     seeds: np.ndarray
     prompts: list
     num_keypoints: int
+    settings: dict | None = None      # how the file was made (segmenter, tracker, keypoint/keyframe configs)
 
     @classmethod
     def load(cls, path: Path | str, task: str | None = None) -> "SubgoalDataset":
@@ -134,4 +135,5 @@ class SubgoalDataset:
                 first_frames=f["first_frames"][()], task_frame=f["task_frame"][()],
                 subgoals=[f[n]["subgoals"][()] for n in names], keyframes=[f[n]["keyframes"][()] for n in names],
                 tracks=[f[n]["tracks"][()] for n in names], seeds=np.array([f[n].attrs["seed"] for n in names]),
-                prompts=json.loads(f.attrs["prompts"]), num_keypoints=int(f.attrs["num_keypoints"]))
+                prompts=json.loads(f.attrs["prompts"]), num_keypoints=int(f.attrs["num_keypoints"]),
+                settings=json.loads(f.attrs["settings"]) if "settings" in f.attrs else None)

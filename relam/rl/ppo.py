@@ -19,6 +19,7 @@ is skipped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -131,10 +132,16 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
                               image_size=cfg.env.image_size)
 
 
-def anchor_setting(cfg, method: str) -> dict:
-    """Run-defining entry for the x^0 anchoring of generated plans (absent for ground-truth plans, so their runs
-    and files do not change with it)."""
-    return {"anchor_generated_x0": cfg.perception.anchor_generated_x0} if method != "relam-gt" else {}
+def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
+    """Run-defining entries of a generated plan: the x^0 anchoring and WHICH trained anticipation model plans
+    (a fingerprint of its run's config.json, so a retrained model with other settings makes runs and relabelled
+    files stale). Absent for ground-truth plans, so their runs and files do not change with either."""
+    if method == "relam-gt":
+        return {}
+    name = task if anticipation_run == "task" else "multitask"
+    model_cfg = cfg.out / "anticipation" / name / "config.json"
+    fingerprint = hashlib.sha1(model_cfg.read_bytes()).hexdigest()[:12] if model_cfg.exists() else None
+    return {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
 
 
 def reward_config(cfg, generated: bool) -> RewardConfig:
@@ -214,9 +221,11 @@ def save_checkpoint(run_dir: Path, model, state: dict) -> None:
 
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
-    return {"task": task, "method": method, "seed": seed, "ppo": asdict(cfg.ppo) | {"tasks": None, "methods": None,
-                                                                                     "seeds": None, "workers": None},
-            "reward": cfg.reward.settings(method == "relam"), **anchor_setting(cfg, method), "keypoints": asdict(cfg.perception.keypoints),
+    p = cfg.ppo
+    return {"task": task, "method": method, "seed": seed,
+            "ppo": asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
+            "reward": cfg.reward.settings(method == "relam"), **plan_setting(cfg, task, method, p.anticipation_run),
+            "keypoints": asdict(cfg.perception.keypoints),
             "keyframes": asdict(cfg.perception.keyframes), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 
