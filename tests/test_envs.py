@@ -119,6 +119,8 @@ def test_ground_truth_tracked_points_stay_on_their_body(name, task_cache):
         obs, _, _, _, info = task.step(task.expert_action(obs))
         if t % 10 == 9:
             uv = tracker.track(task.body_poses())
+            # the per-step RL path (body rotation matrices, fused projection) gives the same pixels
+            np.testing.assert_allclose(tracker.track_frames(*task.body_frames(tracker.body)), uv, atol=1e-6)
             seg = task.segmentation()
             inside = (uv[:, 0] >= 0) & (uv[:, 0] < 128) & (uv[:, 1] >= 0) & (uv[:, 1] < 128)
             cols, rows = uv[inside, 0].astype(int), uv[inside, 1].astype(int)

@@ -92,6 +92,13 @@ class Task(abc.ABC):
     def body_poses(self) -> np.ndarray:
         """(B, 7) poses (x, y, z, qw, qx, qy, qz) of every body slot; row 0 is the identity."""
 
+    def body_frames(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (N, 3) and rotation matrices (N, 3, 3) of the given body slots (per-step tracking). Default:
+        from ``body_poses``; simulators that keep rotation matrices override it to skip the conversion."""
+        from relam.envs.camera import quat_wxyz_to_matrix
+        poses = self.body_poses()[slots]
+        return poses[:, :3], quat_wxyz_to_matrix(poses[:, 3:7])
+
     @abc.abstractmethod
     def prompt_slots(self, prompt: str) -> np.ndarray:
         """Body slots that the text prompt refers to (ground-truth segmenter)."""

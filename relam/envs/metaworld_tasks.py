@@ -177,6 +177,9 @@ class MetaWorldTask(Task):
     def body_poses(self) -> np.ndarray:
         return np.concatenate([self.data.xpos, self.data.xquat], axis=1)
 
+    def body_frames(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.xpos[slots], self.data.xmat[slots].reshape(-1, 3, 3)   # MuJoCo keeps both per body
+
     def prompt_slots(self, prompt: str) -> np.ndarray:
         return self._slots[prompt]
 

@@ -25,6 +25,8 @@ class GroundTruthTracker:
         cols = np.clip(np.floor(uv[:, 0]).astype(int), 0, w - 1)
         rows = np.clip(np.floor(uv[:, 1]).astype(int), 0, h - 1)
         self.camera = camera
+        proj = camera.intrinsic @ camera.extrinsic       # (3, 4) world -> homogeneous pixels, for track_frames
+        self._proj_rot, self._proj_off = np.ascontiguousarray(proj[:, :3].T), proj[:, 3].copy()
         self.body = np.asarray(seg0[rows, cols], dtype=np.int64)
         world = camera.backproject(uv, np.asarray(depth0, np.float64)[rows, cols])
         pos, rot = _split(np.asarray(poses0)[self.body])
@@ -35,6 +37,17 @@ class GroundTruthTracker:
         """Poses (..., B, 7) -> tracked 3-D points (..., N, 3)."""
         pos, rot = _split(np.asarray(poses)[..., self.body, :])
         return np.einsum("...nij,nj->...ni", rot, self.local) + pos
+
+    def track_frames(self, pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
+        """Pixel coordinates (N, 2) from the positions (N, 3) and rotation matrices (N, 3, 3) of the tracked
+        points' bodies (``self.body``): the per-step path of RL, a handful of numpy calls (same result as
+        ``track``, whose quaternion conversion and full pose table cost several times more)."""
+        world = (rot @ self.local[:, :, None])[:, :, 0] + pos
+        h = world @ self._proj_rot + self._proj_off
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = h[:, :2] / h[:, 2:]
+        uv[h[:, 2] <= 1e-9] = np.nan
+        return uv
 
     def track(self, poses) -> np.ndarray:
         """Poses (B, 7) or a sequence (T, B, 7) -> pixel coordinates (N, 2) or (T, N, 2)."""

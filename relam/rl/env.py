@@ -99,7 +99,7 @@ class SimOnlineTracker:
             self._cache[key] = self._gt
 
     def update(self, frame=None):
-        return self._gt.track(self.task.body_poses())
+        return self._gt.track_frames(*self.task.body_frames(self._gt.body))
 
 
 class LKOnlineTracker:
@@ -160,14 +160,21 @@ class ReLAMRewardWrapper(gym.Wrapper):
             spaces["image"] = gym.spaces.Box(0, 255, shape=(3, self.size, self.size), dtype=np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.machine: StageMachine | None = None
+        self._subgoal_obs = None
         self.keypoints = self.plan = None
 
     # the policy sees normalised coordinates; the tracker works in pixels
     def _obs(self, inner, frame):
-        target = self.machine.target() if self.machine.num_stages else self.plan[0]
+        # per env step: ufuncs with out= instead of np.clip (whose Python wrapper dominates on 8 numbers), and the
+        # subgoal array is rebuilt only when the stage changes
         kp = self.keypoints if np.isfinite(self.keypoints).all() else np.nan_to_num(self.keypoints, nan=COORD_LOW)
-        obs = {"keypoints": np.clip(kp, COORD_LOW, COORD_HIGH).astype(np.float32).ravel(),
-               "subgoal": np.clip(target, COORD_LOW, COORD_HIGH).astype(np.float32).ravel()}
+        kp = kp.astype(np.float32).ravel()
+        np.minimum(np.maximum(kp, COORD_LOW, out=kp), COORD_HIGH, out=kp)
+        stage = self.machine.k if self.machine.num_stages else -1
+        if self._subgoal_obs is None or self._subgoal_obs[0] != stage:
+            target = self.machine.target() if self.machine.num_stages else self.plan[0]
+            self._subgoal_obs = (stage, np.clip(target, COORD_LOW, COORD_HIGH).astype(np.float32).ravel())
+        obs = {"keypoints": kp, "subgoal": self._subgoal_obs[1].copy()}
         if "state" in self.observation_space.spaces:
             obs["state"] = np.asarray(inner, np.float32)
         if self.image_obs:
@@ -192,6 +199,7 @@ class ReLAMRewardWrapper(gym.Wrapper):
             plan = np.full((1, self.K, 2), 0.5)
         self.plan = plan
         self.machine = StageMachine(plan, self.cfg)
+        self._subgoal_obs = None
         self.tracker.start(frame, plan[0] * self.size, info)
         self.keypoints = plan[0].copy()
         self._ever_success = False
