@@ -206,3 +206,18 @@ def test_keyframes_of_straight_motion_step_by_dmax_and_end_at_last_frame():
     assert select_keyframes(still, dmin=8, dmax=30).tolist() == [0, 30, 49]
     with pytest.raises(ValueError, match="NaN"):
         select_keyframes(np.full((10, 2, 2), np.nan), 2, 5)
+
+
+def test_x0_predictability_separates_consistent_from_arbitrary_keypoints():
+    from relam.perception.subgoals import x0_predictability
+
+    rng = np.random.default_rng(0)
+    obj = rng.uniform(0.2, 0.8, (40, 1, 2))                       # where the object is in each demo
+    follows = obj[:, 0] * 0.5 + 0.1                               # a keypoint placed relative to the object
+    fixed = np.full((40, 2), 0.3)                                 # a keypoint that never moves
+    arbitrary = rng.uniform(0.0, 1.0, (40, 2))                    # chosen anew in every demo
+    err = x0_predictability(np.stack([follows, fixed, arbitrary], 1), obj, image_size=128)
+    assert err[0] < 1e-6 and err[1] < 1e-6
+    assert err[2] > 20                                            # ~ the spread of a uniform point: unpredictable
+    with pytest.raises(ValueError, match="need more demos"):
+        x0_predictability(np.zeros((3, 2, 2)), np.zeros((3, 1, 2)), 128)

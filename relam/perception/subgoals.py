@@ -122,6 +122,7 @@ class SubgoalDataset:
     prompts: list
     num_keypoints: int
     settings: dict | None = None      # how the file was made (segmenter, tracker, keypoint/keyframe configs)
+    keypoint_prompt: np.ndarray | None = None   # (K,) index into prompts of each keypoint (0 = robot)
 
     @classmethod
     def load(cls, path: Path | str, task: str | None = None) -> "SubgoalDataset":
@@ -136,4 +137,28 @@ class SubgoalDataset:
                 subgoals=[f[n]["subgoals"][()] for n in names], keyframes=[f[n]["keyframes"][()] for n in names],
                 tracks=[f[n]["tracks"][()] for n in names], seeds=np.array([f[n].attrs["seed"] for n in names]),
                 prompts=json.loads(f.attrs["prompts"]), num_keypoints=int(f.attrs["num_keypoints"]),
-                settings=json.loads(f.attrs["settings"]) if "settings" in f.attrs else None)
+                settings=json.loads(f.attrs["settings"]) if "settings" in f.attrs else None,
+                keypoint_prompt=f["keypoint_prompt"][()] if "keypoint_prompt" in f else None)
+
+
+def x0_predictability(x0: np.ndarray, predictors: np.ndarray, image_size: int) -> np.ndarray:
+    """How well each keypoint's x^0 can be told from the scene, across demos: leave-one-out mean error (px) of
+    the best affine prediction of keypoint k's x^0 from ``predictors`` (per demo, e.g. the object keypoints'
+    x^0, i.e. where the objects are). ``x0`` (N, K, 2) and ``predictors`` (N, P, 2) in normalised coordinates.
+
+    The anticipation model has to predict x^0 from the first frame; a keypoint whose x^0 even an oracle that
+    knows the object positions cannot predict (large value here) was chosen inconsistently across demos, and
+    the model can only learn its average. Robot keypoints chosen by farthest point sampling were that (PushCube
+    12-16 px, PickCube 9-28 px); see ``KeypointConfig.selection``."""
+    x0, feats = np.asarray(x0, np.float64), np.asarray(predictors, np.float64).reshape(len(x0), -1)
+    n = len(x0)
+    if n < feats.shape[1] + 3:
+        raise ValueError(f"need more demos ({n}) than predictor values + 2 ({feats.shape[1] + 2}) to fit and "
+                         "hold one out")
+    a = np.c_[feats, np.ones(n)]
+    err = np.zeros((n, x0.shape[1]))
+    for i in range(n):
+        keep = np.arange(n) != i
+        w, *_ = np.linalg.lstsq(a[keep], x0[keep].reshape(n - 1, -1), rcond=None)
+        err[i] = np.linalg.norm((a[i] @ w).reshape(-1, 2) - x0[i], axis=-1)
+    return err.mean(0) * image_size
