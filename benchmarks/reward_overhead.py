@@ -3,7 +3,8 @@ overhead <= 10 % with the sim tracker and the keypoint-only policy, i.e. no rend
 
 Two loops: random actions (the env alone), and ``--policy`` (each step's action from the keypoint-only PPO policy,
 as in training; the bare env's loop runs the same policy on a fixed observation, so both pay the same network
-cost). 200-step episodes over a pool of initial states. Two wrapper numbers: ``warm`` (every pool seed
+cost). 200-step episodes over a pool of initial states. Steps/s are per CPU second of this process
+(``time.process_time``), so other jobs on a shared machine do not distort the ratio much. Two wrapper numbers: ``warm`` (every pool seed
 already planned, as in most of an RL run: plans are cached per seed) and ``cold`` (every episode plans anew: one
 render + anticipation-model call or expert rollout per episode). Rounds alternate bare / wrapped to share noise.
 
@@ -24,12 +25,12 @@ def run(env, steps: int, seed: int, act=None) -> float:
     rng = np.random.default_rng(seed)
     act = act or (lambda _obs: rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
     obs, _ = env.reset(seed=seed)
-    t0 = time.perf_counter()
+    t0 = time.process_time()   # CPU time of this process: the shared machine's other jobs do not count
     for _ in range(steps):
         obs, _, term, trunc, _ = env.step(act(obs))
         if term or trunc:
             obs, _ = env.reset()
-    return steps / (time.perf_counter() - t0)
+    return steps / (time.process_time() - t0)
 
 
 def policy_actions(wrapped, cfg):

@@ -21,6 +21,8 @@ def test_reward_functions_share_range_and_decrease(name):
     assert np.all(np.diff(r) <= 1e-12)                       # monotone non-increasing
     assert np.all(np.diff(r[d <= cfg.d_max]) < 0)             # strictly decreasing inside [0, d_max]
     assert np.allclose(r[d >= cfg.d_max], -1.0)               # clipped beyond d_max
+    # the scalar path (one Python float per env step) agrees with the vectorised one, negative d included
+    np.testing.assert_allclose([f(float(x)) for x in np.r_[-0.1, d]], f(np.r_[-0.1, d]), atol=1e-12)
 
 
 def test_piecewise_slopes_grow_towards_the_goal():
