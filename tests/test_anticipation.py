@@ -267,3 +267,14 @@ def test_a_rebuilt_subgoal_dataset_retrains_the_model(tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["toy"]["keypoints"]["selection"] == "near-object"
     assert torch.load(run / "checkpoint.pt", weights_only=False)["data"] == saved["data"]
+
+
+def test_mean_x0_baseline_is_the_error_of_the_training_mean(tmp_path):
+    from relam.models.train_anticipation import load_samples, mean_x0_baseline
+
+    ds = {"toy": _write_subgoal_ds(tmp_path)}
+    cfg = AnticipationConfig(val_fraction=0.34)
+    train_s, val_s, _, _ = load_samples(ds, cfg.val_fraction, cfg.seed)
+    mean = np.mean([s.subgoals[0] for s in train_s], 0)
+    expect = np.mean([np.linalg.norm(s.subgoals[0] - mean, axis=-1).mean() for s in val_s]) * 32
+    assert mean_x0_baseline(ds, cfg, 32)["toy"] == pytest.approx(expect) and expect > 0

@@ -174,6 +174,20 @@ def evaluate(model, features: Features, samples, image_size: int, batch: int = 1
     return out
 
 
+def mean_x0_baseline(datasets: dict, cfg: AnticipationConfig, image_size: int) -> dict:
+    """{task: held-out x^0 error (px) of always predicting the TRAINING mean x^0}, on the split ``train`` uses.
+    A model whose x^0 error is no better than this has not learned to read positions from the first frame."""
+    train_s, val_s, _, _ = load_samples(datasets, cfg.val_fraction, cfg.seed)
+    out = {}
+    for task in datasets:
+        tr = [s.subgoals[0] for s in train_s if s.task == task]
+        va = [s.subgoals[0] for s in val_s if s.task == task]
+        if tr and va:
+            mean = np.mean(tr, 0)
+            out[task] = float(np.mean([np.linalg.norm(v - mean, axis=-1).mean() for v in va]) * image_size)
+    return out
+
+
 def _lr(step: int, cfg: AnticipationConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
