@@ -150,6 +150,7 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
     for t in list(cfg.env.tasks) + list(cfg.offline.tasks) + list(cfg.ppo.tasks) + list(cfg.iql.tasks):
         check_task_name(t)
     cfg.reward.__post_init__()  # re-validate after the overrides
+    cfg.perception.keypoints.__post_init__()
     return cfg
 
 

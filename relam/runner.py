@@ -19,8 +19,14 @@ from relam.platform import REPO_ROOT
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
+# run only when named (--only 08): an ablation redoes stages 02-06 under other settings, hours at the cpu profile
+OPT_IN = {"08"}
+
+
 def numbered_notebooks(only: list[str] | None = None) -> list[Path]:
     books = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not only:
+        return [p for p in books if p.name[:2] not in OPT_IN]
     if only:
         wanted = {o.zfill(2) for o in only}
         unknown = wanted - {p.name[:2] for p in books}
@@ -79,6 +85,8 @@ def _summary(cfg, times: list[tuple[str, float]], total: float, failed: str | No
     if figs:
         lines.append(f"[relam] figures ({len(figs)} PNG + PDF): {cfg.figures_dir}")
     lines.append(f"[relam] all results: {cfg.out}; executed notebooks: {cfg.out / 'notebooks'}")
+    if not any(name[:2] in OPT_IN for name, _ in times):
+        lines.append(f"[relam] opt-in (hours at cpu): ablations ./run_all.sh --profile {cfg.profile} --only 08")
     print("\n".join(lines), flush=True)
 
 

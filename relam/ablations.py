@@ -1,0 +1,99 @@
+"""Ablations: the pipeline from keypoints onwards under changed settings, beside the profile's own results.
+
+An ablation named ``name`` lives in ``results/<profile>/ablations/<name>/`` and has the profile's layout
+(``subgoals/``, ``anticipation/``, ``runs/``, ``relabelled/``). It shares the profile's demos and offline datasets
+(links ``demos`` and ``offline`` to them: collecting them again would cost the most and change nothing), and
+redoes every stage the changed settings can affect: subgoal datasets, per-task anticipation models, PPO / IQL
+runs. Every stage skips finished work, so an interrupted ablation resumes.
+
+    cfg = load_config("cpu")
+    abl = ablation_config(cfg, "kp-near-object", {"perception": {"keypoints": {"selection": "near-object"}}})
+    run_ablation(abl, ppo_tasks=["drawer-open"], iql_tasks=["PushCube"], seeds=[0, 1])
+    compare(cfg, ["kp-near-object"])          # success per task x method, profile vs ablation
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from relam.config import Config
+
+
+def _merge_dicts(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge_dicts(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def ablation_config(cfg: Config, name: str, overrides: dict) -> Config:
+    """The profile's config with ``overrides`` and results in ``<cfg.out>/ablations/<name>``; links the profile's
+    demos and offline datasets into it (they must exist: run stages 01 first)."""
+    from relam.config import load_config
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"ablation name {name!r}: use a plain directory name such as 'kp-near-object'")
+    out = Path(cfg.out) / "ablations" / name
+    out.mkdir(parents=True, exist_ok=True)
+    for shared in ("demos", "offline"):
+        src, link = Path(cfg.out) / shared, out / shared
+        if not src.exists():
+            raise FileNotFoundError(f"{src} is missing: run notebooks/01_collect_demos.ipynb for profile "
+                                    f"{cfg.profile!r} before an ablation")
+        if not link.exists():
+            os.symlink(os.path.relpath(src, out), link)
+    base = cfg.to_dict()
+    base.pop("profile", None)
+    return load_config(cfg.profile, _merge_dicts(base, {**overrides, "results_dir": str(out)}))
+
+
+def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "relam-gt"), seeds=(0,),
+                 progress: bool = True) -> pd.DataFrame:
+    """Subgoal datasets and per-task anticipation models for the tasks asked for, then PPO (Meta-World) and IQL
+    (ManiSkill) runs of ``methods`` x ``seeds``. Returns the ablation's finished runs (``relam.report.find_runs``)."""
+    from dataclasses import replace
+
+    from relam.models.train_anticipation import train_profile
+    from relam.perception.subgoals import build_subgoal_dataset
+    from relam.report import find_runs
+    from relam.rl import iql, ppo
+
+    tasks = list(ppo_tasks) + list(iql_tasks)
+    for t in tasks:
+        build_subgoal_dataset(cfg, t, progress=progress)
+    if "relam" in methods or "env-reward" in methods:
+        sub = copy.copy(cfg)
+        sub.env = replace(cfg.env, tasks=tasks)
+        sub.anticipation = replace(cfg.anticipation, multitask=False)
+        train_profile(sub, progress=progress)
+    if ppo_tasks:
+        cfg.ppo = replace(cfg.ppo, tasks=list(ppo_tasks), methods=[m for m in methods if m != "env-reward"],
+                          seeds=list(seeds))
+        ppo.run_grid(cfg, progress=progress)
+    if iql_tasks:
+        cfg.iql = replace(cfg.iql, tasks=list(iql_tasks), methods=list(methods), seeds=list(seeds))
+        iql.run_grid(cfg, progress=progress)
+    return find_runs(cfg.out, cfg)
+
+
+def compare(cfg: Config, names, final_only: bool = True) -> pd.DataFrame:
+    """Success % (simulator flag, final evaluation; mean over finished seeds, with the per-seed values) and
+    last-subgoal % per task x method, for the profile's own runs and each named ablation."""
+    from relam.report import find_runs
+
+    rows = []
+    for label, out in [("profile", Path(cfg.out))] + [(n, Path(cfg.out) / "ablations" / n) for n in names]:
+        runs = find_runs(out) if (out / "runs").exists() else pd.DataFrame()
+        if runs.empty:
+            continue
+        done = runs[runs["finished"].astype(bool)]
+        for (task, method), g in done.groupby(["task", "method"]):
+            rows.append({"settings": label, "task": task, "method": method, "seeds": len(g),
+                         "success %": round(100 * g["success"].mean(), 1),
+                         "per seed": [round(100 * v) for v in g.sort_values("seed")["success"]],
+                         "last subgoal %": round(100 * g["last_subgoal"].mean(), 1)})
+    return pd.DataFrame(rows, columns=["settings", "task", "method", "seeds", "success %", "per seed",
+                                       "last subgoal %"])

@@ -1,0 +1,54 @@
+"""Ablation directories: overrides applied, the profile's demos shared, results compared side by side."""
+import json
+
+import pytest
+
+from relam.ablations import ablation_config, compare
+from relam.config import load_config
+
+
+def _run(out, task, method, seed, success):
+    rd = out / "runs" / task / method / f"seed{seed}"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text("{}")
+    (rd / "results.json").write_text(json.dumps({"success_rate": success, "last_subgoal_rate": 0.0, "steps": 1}))
+
+
+def test_ablation_config_overrides_settings_and_shares_demos(tmp_path):
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res"), "ppo": {"seeds": [3]}})
+    with pytest.raises(FileNotFoundError, match="01_collect_demos"):
+        ablation_config(cfg, "kp", {})
+    for d in ("demos", "offline"):
+        (cfg.out / d).mkdir(parents=True)
+        (cfg.out / d / "drawer-open.h5").write_bytes(b"x")
+    abl = ablation_config(cfg, "kp", {"perception": {"keypoints": {"selection": "near-object"}}})
+    assert abl.out == cfg.out / "ablations" / "kp"
+    assert abl.perception.keypoints.selection == "near-object"
+    assert cfg.perception.keypoints.selection == "fps"               # the profile's config is untouched
+    assert abl.ppo.seeds == [3] and abl.profile == "smoke"           # everything else carried over
+    assert (abl.out / "demos" / "drawer-open.h5").read_bytes() == b"x"
+    assert (abl.out / "demos").is_symlink()
+    assert ablation_config(cfg, "kp", {}).out == abl.out             # again: links already there
+    with pytest.raises(ValueError, match="unknown keypoint selection"):
+        ablation_config(cfg, "bad", {"perception": {"keypoints": {"selection": "nearest"}}})
+    with pytest.raises(ValueError, match="plain directory name"):
+        ablation_config(cfg, "../x", {})
+
+
+def test_compare_lists_profile_and_ablation_side_by_side(tmp_path):
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    _run(tmp_path, "PushCube", "relam", 0, 0.2)
+    _run(tmp_path, "PushCube", "relam", 1, 0.4)
+    _run(tmp_path / "ablations" / "kp", "PushCube", "relam", 0, 0.6)
+    (tmp_path / "ablations" / "kp" / "runs" / "PushCube" / "relam" / "seed1").mkdir()   # unfinished: not counted
+    table = compare(cfg, ["kp"]).set_index("settings")
+    assert table.loc["profile", "success %"] == pytest.approx(30.0) and table.loc["profile", "seeds"] == 2
+    assert table.loc["kp", "success %"] == pytest.approx(60.0) and table.loc["kp", "per seed"] == [60]
+
+
+def test_the_ablation_notebook_runs_only_when_named():
+    from relam.runner import numbered_notebooks
+
+    default = [p.name[:2] for p in numbered_notebooks()]
+    assert "08" not in default and {"01", "04", "09"} <= set(default)
+    assert [p.name for p in numbered_notebooks(["08"])] == ["08_ablations.ipynb"]
