@@ -56,8 +56,8 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
     (ManiSkill) runs of ``methods`` x ``seeds``. Returns the ablation's finished runs (``relam.report.find_runs``)."""
     from dataclasses import replace
 
-    from relam.models.train_anticipation import train_profile
-    from relam.perception.subgoals import build_subgoal_dataset
+    from relam.models.train_anticipation import train
+    from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, subgoal_path
     from relam.report import find_runs
     from relam.rl import iql, ppo
 
@@ -65,10 +65,9 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
     for t in tasks:
         build_subgoal_dataset(cfg, t, progress=progress)
     if "relam" in methods or "env-reward" in methods:
-        sub = copy.copy(cfg)
-        sub.env = replace(cfg.env, tasks=tasks)
-        sub.anticipation = replace(cfg.anticipation, multitask=False)
-        train_profile(sub, progress=progress)
+        for t in tasks:   # per-task models exactly as stage 04 trains them (same config, so same skip rule)
+            train(cfg.out / "anticipation" / t, {t: SubgoalDataset.load(subgoal_path(cfg.out, t), t)},
+                  cfg.anticipation, cfg.env.image_size, progress, cfg.torch_threads)
     if ppo_tasks:
         cfg.ppo = replace(cfg.ppo, tasks=list(ppo_tasks), methods=[m for m in methods if m != "env-reward"],
                           seeds=list(seeds))
