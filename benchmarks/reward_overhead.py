@@ -40,13 +40,11 @@ def policy_actions(wrapped, cfg):
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from relam.rl.hrl import KeypointFeatures
+    from relam.rl.ppo import policy_kwargs
 
     torch.set_num_threads(cfg.torch_threads)
-    p = cfg.ppo
     model = PPO("MultiInputPolicy", DummyVecEnv([lambda: wrapped]), device="cpu", seed=0,
-                policy_kwargs={"features_extractor_class": KeypointFeatures,
-                               "net_arch": {"pi": list(p.net_arch), "vf": list(p.net_arch)}})
+                policy_kwargs=policy_kwargs(cfg.ppo))
     fixed, _ = wrapped.reset()
     act = lambda obs: model.predict(obs, deterministic=False)[0]  # noqa: E731 - sampling, as in rollouts
     return act, lambda _obs: act(fixed)

@@ -61,6 +61,7 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
     from relam.report import find_runs
     from relam.rl import iql, ppo
 
+    cfg = copy.copy(cfg)   # the grids below narrow its ppo / iql sections; the caller's config stays as given
     tasks = list(ppo_tasks) + list(iql_tasks)
     for t in tasks:
         build_subgoal_dataset(cfg, t, progress=progress)
@@ -78,7 +79,7 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
     return find_runs(cfg.out, cfg)
 
 
-def compare(cfg: Config, names, final_only: bool = True) -> pd.DataFrame:
+def compare(cfg: Config, names) -> pd.DataFrame:
     """Success % (simulator flag, final evaluation; mean over finished seeds, with the per-seed values) and
     last-subgoal % per task x method, for the profile's own runs and each named ablation."""
     from relam.report import find_runs

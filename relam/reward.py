@@ -185,9 +185,9 @@ class StageMachine:
             dist = dmax = 0.0
             reward, reached = 0.0, False
         else:
-            diff = pts - self.targets[self.k]
             # K distances as Python floats: a few numpy calls less per env step (they dominate the wrapper's cost)
-            per_point = [d if math.isfinite(d) else cfg.d_max for d in np.sqrt((diff * diff).sum(-1)).tolist()]
+            per_point = [d if math.isfinite(d) else cfg.d_max
+                         for d in keypoint_distance(pts, self.targets[self.k]).tolist()]
             dist, dmax = sum(per_point) / len(per_point), max(per_point)
             reward = float(self.f(dist))
             crit = dmax if cfg.criterion == "max" else dist

@@ -27,13 +27,11 @@ def numbered_notebooks(only: list[str] | None = None) -> list[Path]:
     books = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if not only:
         return [p for p in books if p.name[:2] not in OPT_IN]
-    if only:
-        wanted = {o.zfill(2) for o in only}
-        unknown = wanted - {p.name[:2] for p in books}
-        if unknown:
-            raise SystemExit(f"no notebook numbered {sorted(unknown)}; have: {[p.name for p in books]}")
-        books = [p for p in books if p.name[:2] in wanted]
-    return books
+    wanted = {o.zfill(2) for o in only}
+    unknown = wanted - {p.name[:2] for p in books}
+    if unknown:
+        raise SystemExit(f"no notebook numbered {sorted(unknown)}; have: {[p.name for p in books]}")
+    return [p for p in books if p.name[:2] in wanted]
 
 
 def run(profile: str, results_dir: str | None = None, only: list[str] | None = None,

@@ -221,3 +221,18 @@ def test_x0_predictability_separates_consistent_from_arbitrary_keypoints():
     assert err[2] > 20                                            # ~ the spread of a uniform point: unpredictable
     with pytest.raises(ValueError, match="need more demos"):
         x0_predictability(np.zeros((3, 2, 2)), np.zeros((3, 1, 2)), 128)
+
+
+def test_robot_keypoint_predictability_of_a_dataset_and_too_few_demos():
+    from relam.perception.subgoals import SubgoalDataset, robot_keypoint_predictability
+
+    rng = np.random.default_rng(1)
+    obj = rng.uniform(0.2, 0.8, (12, 2))
+    plans = [np.array([[o * 0.5 + 0.1, rng.uniform(0, 1, 2), o]]) for o in obj]   # kp0 follows, kp1 arbitrary
+    ds = SubgoalDataset(task="t", first_frames=np.zeros((12, 4, 4, 3), np.uint8), task_frame=np.zeros((4, 4, 3)),
+                        subgoals=plans, keyframes=[np.zeros(1)] * 12, tracks=[None] * 12, seeds=np.arange(12),
+                        prompts=["robot arm", "cube"], num_keypoints=3, keypoint_prompt=np.array([0, 0, 1]))
+    err = robot_keypoint_predictability(ds, 128)
+    assert err.shape == (2,) and err[0] < 1e-6 and err[1] > 10
+    ds.subgoals = plans[:4]
+    assert robot_keypoint_predictability(ds, 128) is None

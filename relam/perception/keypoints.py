@@ -32,27 +32,27 @@ class KeypointConfig:
     """If a prompt keeps fewer candidates than its quota (a small or partly occluded object, e.g. PickCube's
     cube behind its goal sphere), retry with stride 1, then windows 3 and 1, with a warning. False: raise."""
     selection: str = "fps"
-    """How the robot prompt's keypoints are chosen among its moving candidates (objects always use 'fps').
-    'fps' (paper, SPEC §2): farthest point sampling from the most-moving candidate. 'motion' (ours): the
-    most-moving candidates, at least ``min_separation`` apart. 'near-object' (ours): the candidates closest to
-    the other prompts' masks on frame 0 (the gripper, next to what it will manipulate), at least
-    ``min_separation`` apart. Why: the anticipation model must predict x^0 from the first frame, so the same
+    """How keypoints are chosen among a prompt's moving candidates. 'fps' (paper, SPEC §2): farthest point
+    sampling from the most-moving candidate. 'motion' (ours; every prompt): the most-moving candidates, at least
+    ``min_separation`` apart. 'near-object' (ours; the robot prompt only, objects keep 'fps'): the robot's
+    candidates closest to the other prompts' masks on frame 0 (the gripper, next to what it will manipulate),
+    at least ``min_separation`` apart. Why: the anticipation model must predict x^0 from the first frame, so the same
     physical points must be chosen in every demo. Measured on the 50 `cpu` demos per task (mean error of the
     best linear prediction of each robot keypoint's x^0 from the object keypoint's, leave-one-out, px):
     PushCube fps 12 / 16 / 6, motion 12 / 12 / 13, near-object 5 / 6 / 7; PickCube fps 9 / 20 / 28,
     motion 9 / 10 / 10, near-object 4 / 5 / 6; door-open fps 5 / 9 / 4, near-object 0 / 2 / 2."""
     min_separation: float = 0.04
-    """'motion' selection only: smallest distance between two keypoints of one prompt, as a fraction of the image
-    size (0.04 -> 5.1 px at 128 px)."""
+    """'motion' and 'near-object' selection: smallest distance between two keypoints of one prompt, as a
+    fraction of the image size (0.04 -> 5.1 px at 128 px)."""
+    static_fallback: bool = True
+    """If fewer than its quota of a prompt's pixels pass the motion filter (e.g. a PickCube goal right above
+    the cube: it moves ~3 px), keep that prompt's keypoints from all its candidates (FPS from the most-moving
+    one) with a warning, instead of failing; the keypoint order stays consistent. False: raise."""
 
     def __post_init__(self):
         if self.selection not in ("fps", "motion", "near-object"):
             raise ValueError(f"unknown keypoint selection {self.selection!r}; choose 'fps', 'motion' or "
                              "'near-object'")
-    static_fallback: bool = True
-    """If fewer than its quota of a prompt's pixels pass the motion filter (e.g. a PickCube goal right above
-    the cube: it moves ~3 px), keep that prompt's keypoints from all its candidates (FPS from the most-moving
-    one) with a warning, instead of failing; the keypoint order stays consistent. False: raise."""
 
 
 @dataclass
@@ -82,9 +82,13 @@ def farthest_point_sampling(points: np.ndarray, k: int, start: int = 0) -> np.nd
     points = np.asarray(points, np.float64)
     if k > len(points):
         raise ValueError(f"cannot sample {k} points from {len(points)}")
-    chosen = [int(start)]
-    dist = np.linalg.norm(points - points[start], axis=1)
-    for _ in range(k - 1):
+    return _fps_extend(points, [int(start)], k)
+
+
+def _fps_extend(points: np.ndarray, chosen: list[int], k: int) -> np.ndarray:
+    """Add farthest points to ``chosen`` (non-empty) until it holds ``k``."""
+    dist = np.min([np.linalg.norm(points - points[j], axis=1) for j in chosen], axis=0)
+    while len(chosen) < k:
         nxt = int(np.argmax(dist))
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
@@ -103,12 +107,7 @@ def most_moving_spread(points: np.ndarray, motion: np.ndarray, k: int, min_dist:
             chosen.append(int(i))
             if len(chosen) == k:
                 return np.asarray(chosen)
-    dist = np.min([np.linalg.norm(points - points[j], axis=1) for j in chosen], axis=0)
-    while len(chosen) < k:
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
-    return np.asarray(chosen)
+    return _fps_extend(points, chosen, k)
 
 
 def quotas(prompts, k: int, object_share: float) -> list[int]:

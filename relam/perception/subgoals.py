@@ -162,3 +162,13 @@ def x0_predictability(x0: np.ndarray, predictors: np.ndarray, image_size: int) -
         w, *_ = np.linalg.lstsq(a[keep], x0[keep].reshape(n - 1, -1), rcond=None)
         err[i] = np.linalg.norm((a[i] @ w).reshape(-1, 2) - x0[i], axis=-1)
     return err.mean(0) * image_size
+
+
+def robot_keypoint_predictability(ds: SubgoalDataset, image_size: int) -> np.ndarray | None:
+    """``x0_predictability`` of a subgoal dataset's robot keypoints from its object keypoints (px, one value per
+    robot keypoint), or None when it has too few demos to fit and hold one out."""
+    x0 = np.stack([s[0] for s in ds.subgoals])
+    obj = np.asarray(ds.keypoint_prompt) > 0
+    if len(x0) < 2 * obj.sum() + 3:
+        return None
+    return x0_predictability(x0, x0[:, obj], image_size)[~obj]

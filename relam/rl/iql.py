@@ -230,12 +230,11 @@ def _iql_settings(c: IQLConfig) -> dict:
 
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
-    from relam.rl.ppo import plan_setting
+    from relam.rl.ppo import perception_setting, plan_setting
     return {"task": task, "method": method, "seed": seed, "algo": "iql",
             "iql": _iql_settings(cfg.iql),
             "reward": cfg.reward.settings(method != "relam-gt"),
-            **plan_setting(cfg, task, method, cfg.iql.anticipation_run),
-            "keypoints": asdict(cfg.perception.keypoints), "keyframes": asdict(cfg.perception.keyframes),
+            **plan_setting(cfg, task, method, cfg.iql.anticipation_run), **perception_setting(cfg),
             "profile": cfg.profile}
 
 

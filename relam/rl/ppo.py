@@ -144,6 +144,18 @@ def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
     return {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
 
 
+def perception_setting(cfg) -> dict:
+    """Run-defining entries of every plan, generated or ground truth: the keypoint and keyframe selection."""
+    return {"keypoints": asdict(cfg.perception.keypoints), "keyframes": asdict(cfg.perception.keyframes)}
+
+
+def policy_kwargs(p: PPOConfig) -> dict:
+    """SB3 ``policy_kwargs`` of the ReLAM policy (features extractor by ``p.policy``, MLP heads)."""
+    from relam.rl.hrl import KeypointFeatures
+    arch = list(p.net_arch)
+    return {"features_extractor_class": KeypointFeatures, "net_arch": {"pi": arch, "vf": arch}}
+
+
 def reward_config(cfg, generated: bool) -> RewardConfig:
     """The profile's reward config resolved for a generated (anticipation model) or ground-truth plan."""
     return cfg.reward.for_plan(generated)
@@ -225,8 +237,7 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     return {"task": task, "method": method, "seed": seed,
             "ppo": asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
             "reward": cfg.reward.settings(method == "relam"), **plan_setting(cfg, task, method, p.anticipation_run),
-            "keypoints": asdict(cfg.perception.keypoints),
-            "keyframes": asdict(cfg.perception.keyframes), "image_size": cfg.env.image_size, "profile": cfg.profile}
+            **perception_setting(cfg), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 
 def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
@@ -242,7 +253,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     if done is not None:
         return done
 
-    from relam.rl.hrl import GAECutVecEnv, KeypointFeatures
+    from relam.rl.hrl import GAECutVecEnv
 
     p = cfg.ppo
     planner = make_planner(task, method, cfg)
@@ -273,9 +284,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
         model = PPO("MultiInputPolicy", venv, learning_rate=p.learning_rate, n_steps=p.n_steps,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
                     clip_range=p.clip_range, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-                    policy_kwargs={"features_extractor_class": KeypointFeatures,
-                                   "net_arch": {"pi": list(p.net_arch), "vf": list(p.net_arch)}},
-                    seed=seed, device="cpu", verbose=0)
+                    policy_kwargs=policy_kwargs(p), seed=seed, device="cpu", verbose=0)
     from stable_baselines3.common.logger import configure
     model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ Transitions after a terminal success are dropped (they do not exist in an online
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
-    from relam.rl.ppo import make_planner, plan_setting, reward_config
+    from relam.rl.ppo import make_planner, perception_setting, plan_setting, reward_config
 
     rc = reward_config(cfg, generated=method == "relam")
     src = offline_path(cfg, task)
@@ -63,7 +62,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     run = anticipation_run or cfg.iql.anticipation_run
     settings = {"task": task, "method": method, "reward": cfg.reward.settings(method == "relam"),
                 "anticipation_run": run if method == "relam" else None, **plan_setting(cfg, task, method, run),
-                "keypoints": asdict(cfg.perception.keypoints), "keyframes": asdict(cfg.perception.keyframes),
+                **perception_setting(cfg),
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
     settings = json.loads(json.dumps(settings))
     if path.exists():
