@@ -32,8 +32,9 @@ def test_output_shapes():
     assert pred.shape == (3, 5, 4, 2) and stop.shape == (3, 4)
 
 
-def test_causality_later_keyframes_do_not_change_earlier_outputs():
-    m = _model().eval()
+@pytest.mark.parametrize("readout", [False, True])
+def test_causality_later_keyframes_do_not_change_earlier_outputs(readout):
+    m = _model(readout=readout).eval()
     feats = m.encode_images(_images(2), _images(2, 1))
     goals = torch.rand(2, 6, 4, 2)
     changed = goals.clone()
@@ -46,9 +47,10 @@ def test_causality_later_keyframes_do_not_change_earlier_outputs():
     assert not torch.allclose(p1[:, 4:], p2[:, 4:]), "later outputs must depend on the changed keyframes"
 
 
-def test_residual_form_and_generate_matches_teacher_forcing():
+@pytest.mark.parametrize("readout", [False, True])
+def test_residual_form_and_generate_matches_teacher_forcing(readout):
     """generate() with its KV cache must reproduce the full teacher-forced pass fed its own outputs."""
-    m = _model().eval()
+    m = _model(readout=readout).eval()
     with torch.no_grad():
         m.head_res.weight.normal_(0, 0.1)
         m.head_abs.weight.normal_(0, 0.1)
@@ -58,6 +60,38 @@ def test_residual_form_and_generate_matches_teacher_forcing():
     assert [p.shape for p in plans] == [(5, 4, 2)] * 2
     pred, _ = m(feats, torch.from_numpy(np.stack(plans)))
     np.testing.assert_allclose(pred.detach().numpy(), np.stack(plans), atol=1e-5)
+
+
+def test_first_frame_readout_reaches_every_keyframe_token_but_not_the_task_frame():
+    m = _model(readout=True).eval()
+    with torch.no_grad():
+        m.head_abs.weight.normal_(0, 0.1)
+    feats = m.encode_images(_images(1), _images(1, 1))
+    goals = torch.rand(1, 4, 4, 2)
+    base = m.first_frame_readout(feats)
+    other = feats.clone()
+    other[:, 1] += 1.0                                   # only the task-indication frame changes
+    torch.testing.assert_close(m.first_frame_readout(other), base)
+    other = feats.clone()
+    other[:, 0] += torch.randn_like(other[:, 0])         # the first frame changes
+    assert (m.first_frame_readout(other) - base).abs().min() > 0
+    assert not torch.allclose(m(feats, goals)[0][:, 0], m(other, goals)[0][:, 0])
+
+
+def test_x0_warmup_loss_trains_only_the_first_subgoal():
+    m = _model()
+    samples = _tiny_dataset()
+    feats = Features(m, np.zeros((1, 32, 32, 3), np.uint8), None)
+    loss, mse, bce = loss_fn(m, feats(samples), samples, 1.0, x0_only=True)
+    loss.backward()
+    assert np.isnan(bce) and mse > 0
+    assert m.head_abs.bias.grad.abs().sum() > 0
+    assert m.head_res.weight.grad is None or m.head_res.weight.grad.abs().sum() == 0
+    assert m.head_stop.weight.grad is None or m.head_stop.weight.grad.abs().sum() == 0
+    m.zero_grad()
+    full, _, bce = loss_fn(m, feats(samples), samples, 1.0)
+    full.backward()
+    assert bce > 0 and m.head_stop.weight.grad.abs().sum() > 0
 
 
 def test_generate_stops_by_stop_logit_and_respects_max_length():
@@ -95,7 +129,7 @@ def test_tiny_model_overfits_tiny_dataset():
     feats = Features(m, task_frames, None)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     for _ in range(600):
-        loss, _, _ = loss_fn(m, feats(samples), samples, 1.0)
+        loss, _, _ = loss_fn(m, feats(samples), samples, 1.0, split_x0=True)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)      # as train() does
@@ -150,6 +184,26 @@ def test_training_run_checkpoints_resume_and_reload(tmp_path):
     train(run, ds, cfg, 32, progress=False)
     assert len((run / "log.csv").read_text().strip().splitlines()) == 10  # 6 + 3 resumed steps
     assert train(run, ds, cfg, 32, progress=False)["skipped"]
+
+
+def test_an_interrupted_retrain_is_not_skipped_with_the_old_metrics(tmp_path, monkeypatch):
+    import relam.models.train_anticipation as ta
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=2, eval_every=2,
+                             checkpoint_every=2, warmup_steps=1)
+    ds = {"toy": _write_subgoal_ds(tmp_path)}
+    run = tmp_path / "run"
+    train(run, ds, cfg, 32, progress=False)
+    cfg.lr = 5e-4                                        # a new configuration retrains ...
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ta, "loss_fn", interrupted)
+    with pytest.raises(KeyboardInterrupt):               # ... and is interrupted before its first step
+        train(run, ds, cfg, 32, progress=False)
+    monkeypatch.undo()
+    assert not (run / "metrics.json").exists()
+    metrics = train(run, ds, cfg, 32, progress=False)
+    assert "skipped" not in metrics and json.loads((run / "config.json").read_text())["lr"] == 5e-4
 
 
 def test_k_mismatch_is_a_clear_error(tmp_path):
