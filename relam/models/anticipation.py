@@ -6,6 +6,9 @@ can be computed once per episode); keyframe tokens attend to every image token a
 tokens. The output at ``start`` gives x^0 (absolute); the output at z^j gives x^{j+1} = x^j + delta (residual,
 paper) and a stop logit saying whether x^{j+1} is the last subgoal (ours). Coordinates are normalised by
 the image size. ``generate`` runs autoregressively with a key/value cache: one token per step.
+
+Ours, not in the paper: a linear read-out of the first frame's features is added to every keyframe token
+(``readout``), a direct path from "where things are" to the coordinate heads; see the config's docstring.
 """
 from __future__ import annotations
 
@@ -50,9 +53,10 @@ class AnticipationModelConfig:
     """Extra CNN tokens, one per learned heat map, holding its soft-argmax (x, y) (ours, see CNNEncoder; 0: off)."""
     readout: bool = True
     """Add a linear read-out of ALL first-frame encoder features to every keyframe token (ours). Measured on
-    PushCube (45 demos): attention alone did not route the cube's position from the image tokens to the x^0
-    head (x^0 error stayed at the spread of cube positions); with this direct path the same transformer
-    learned it. Costs P*C*d parameters (CNN 32 x 128 x 256 = 1M)."""
+    PushCube (45 training demos, d 256, 4 layers, CoordConv + 16 point tokens, x^0-only loss, lr 1e-3, 450
+    steps): without it the cube keypoint's x^0 error on the training demos stayed at 12.7 px, the error of the
+    training mean (12.0): attention alone did not route the cube's position to the x^0 head; with it, 1.8 px
+    (1.3 px held out). Costs P*C*d parameters (CNN: 32 x 128 x 256 = 1M)."""
 
 
 def check_num_keypoints(model_k: int, data_k: int) -> None:
