@@ -47,11 +47,11 @@ class AnticipationModelConfig:
     """Width of the CNN encoder's patch tokens."""
     cnn_grid: int = 4
     """The CNN encoder gives grid x grid tokens per image."""
-    cnn_coords: bool = True
+    cnn_coords: bool = False
     """Give the CNN encoder each pixel's (x, y) as two extra input channels (CoordConv; ours, see CNNEncoder)."""
-    cnn_points: int = 16
+    cnn_points: int = 0
     """Extra CNN tokens, one per learned heat map, holding its soft-argmax (x, y) (ours, see CNNEncoder; 0: off)."""
-    readout: bool = True
+    readout: bool = False
     """Add a linear read-out of ALL first-frame encoder features to every keyframe token (ours). Measured on
     PushCube (45 training demos, d 256, 4 layers, CoordConv + 16 point tokens, x^0-only loss, lr 1e-3, 450
     steps): without it the cube keypoint's x^0 error on the training demos stayed at 12.7 px, the error of the

@@ -29,8 +29,8 @@ class CNNEncoder(nn.Module):
     strided CNN + average pool, trained from scratch, learned nothing about object positions -- held-out x^0
     errors equalled those of predicting the training mean (PickCube 11.7 vs 11.3 px, PushCube 6.6 vs 7.2 px).
     Convs are translation-equivariant and a 4 x 4 pool keeps cells of 32 px, so a token cannot say where in its
-    cell an object is. Two standard fixes (on by default since the anticipation model learned positions with them, see
-    ``AnticipationConfig.split_x0_loss``; off: the plain CNN):
+    cell an object is. Two standard fixes (options, off by default; see ``AnticipationConfig.split_x0_loss`` for what
+    they do and do not achieve):
 
     - ``coords``: two input channels with each pixel's normalised (x, y) (CoordConv);
     - ``points``: a 1x1 conv turns the stride-4 feature map into ``points`` heat maps; a softmax over space

@@ -51,9 +51,9 @@ class AnticipationConfig:
     encoders only: a frozen encoder's features are cached per image."""
     stop_weight: float = 1.0
     """Weight of the stop-logit BCE against the coordinate MSE (ours)."""
-    x0_warmup_steps: int = 400
+    x0_warmup_steps: int = 0
     """Train on the x^0 error alone for this many first steps (ours; 0: off). See ``split_x0_loss``."""
-    split_x0_loss: bool = True
+    split_x0_loss: bool = False
     """Coordinate loss = MSE of x^0 + MSE of the later subgoals, each its own mean (ours; False: one mean over
     all subgoals, where x^0 is 1 of ~10 terms). Measured on PushCube (45 demos, d 256, 4 layers, lr 1e-3, first-
     frame read-out, CoordConv + 16 point tokens): under the one-mean loss from step 0 the cube keypoint's x^0
