@@ -60,7 +60,11 @@ class AnticipationConfig:
     error stayed at the spread of cube positions (12 px on training demos, = predicting the mean); x^0 alone
     brought it to 1.8 px in 450 steps (at lr 3e-4: still 12 px); switching to the one-mean loss after 400 such
     steps lost it again (8.7 px at 1050 steps), the split loss kept it (4.1 px) and fitted the later subgoals 3.5x
-    better (teacher-forced MSE 0.0042 vs 0.0149)."""
+    better (teacher-forced MSE 0.0042 vs 0.0149). That was on ``near-object`` keypoints. On the profile's ``fps``
+    keypoints (robot keypoints on different arm parts in different demos, errors 15-17 px that no model can
+    remove) the same recipe did not learn the cube's x^0 in 400 warm-up steps (11.8 vs 12.0 px) and the full
+    2000-step ``cpu`` runs stayed at the mean baseline (held-out x^0 PushCube 7.3 vs 7.2 px, PickCube 12.2 vs
+    11.3): off by default, see the ``kp-near-object-readout`` ablation (README)."""
     val_fraction: float = 0.1
     """Share of each task's demos held out for the metrics (at least 1 demo)."""
     eval_every: int = 1000
