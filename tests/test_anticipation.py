@@ -198,6 +198,27 @@ def test_x0_error_by_keypoint_agrees_with_the_run_metrics_and_the_mean_baseline(
     assert np.mean(row["val mean"]) == pytest.approx(mean_x0_baseline(ds, cfg, 32)["toy"], rel=1e-5)
 
 
+def test_options_at_their_off_value_leave_config_json_as_before_they_existed(tmp_path):
+    """A finished model (and the RL runs fingerprinting its config.json) must not go stale because an option
+    was added; switching the option on must retrain."""
+    from relam.models.train_anticipation import OPTIONS_ADDED_OFF
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**{**TINY, "cnn_points": 0}), batch_size=2, train_steps=2,
+                             eval_every=2, checkpoint_every=2, warmup_steps=1)
+    ds = {"toy": _write_subgoal_ds(tmp_path)}
+    run = tmp_path / "run"
+    train(run, ds, cfg, 32, progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    for path in OPTIONS_ADDED_OFF:
+        node = saved
+        for key in path[:-1]:
+            node = node[key]
+        assert path[-1] not in node, path
+    assert train(run, ds, cfg, 32, progress=False)["skipped"]
+    cfg.model.readout = True
+    assert "skipped" not in train(run, ds, cfg, 32, progress=False)
+    assert json.loads((run / "config.json").read_text())["model"]["readout"] is True
+
+
 def test_an_interrupted_retrain_is_not_skipped_with_the_old_metrics(tmp_path, monkeypatch):
     import relam.models.train_anticipation as ta
     cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=2, eval_every=2,

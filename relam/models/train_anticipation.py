@@ -234,6 +234,24 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
     return model, ckpt
 
 
+# Options added after ``cpu`` results existed, with the value that reproduces the behaviour before them. While an
+# option has that value it is left out of config.json, so adding it does not make every finished model -- and,
+# through the model's fingerprint, every RL run planned with it -- look stale.
+OPTIONS_ADDED_OFF = {("model", "readout"): False, ("x0_warmup_steps",): 0, ("split_x0_loss",): False}
+
+
+def run_config_json(cfg: AnticipationConfig, data: dict) -> str:
+    """The text of a run's config.json: the config (less options at their 'off' value) and its data settings."""
+    d = {**asdict(cfg), "data": data}
+    for path, off in OPTIONS_ADDED_OFF.items():
+        parent = d
+        for key in path[:-1]:
+            parent = parent[key]
+        if parent.get(path[-1], off) == off:
+            parent.pop(path[-1], None)
+    return json.dumps(d, indent=2)
+
+
 def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: int, progress: bool = True,
           threads: int = 1) -> dict:
     """Train (or resume, or skip if finished) one anticipation model on ``datasets`` ({task: SubgoalDataset})."""
@@ -243,7 +261,7 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     # what the model was trained on is part of the run: a subgoal dataset rebuilt under other keypoint/keyframe
     # settings must retrain it (and, through the fingerprint of this file, make RL runs that use it stale)
     data = {task: ds.settings for task, ds in datasets.items()}
-    cfg_json = json.dumps({**asdict(cfg), "data": data}, indent=2)
+    cfg_json = run_config_json(cfg, data)
     metrics_path, ckpt_path, log_path = run_dir / "metrics.json", run_dir / "checkpoint.pt", run_dir / "log.csv"
     if metrics_path.exists() and (run_dir / "config.json").exists() \
             and (run_dir / "config.json").read_text() == cfg_json:
@@ -258,7 +276,8 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if {**ckpt["config"], "data": ckpt.get("data")} == json.loads(cfg_json):
+        if run_config_json(AnticipationConfig(**{**ckpt["config"], "model": AnticipationModelConfig(
+                **ckpt["config"]["model"])}), ckpt.get("data")) == cfg_json:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
