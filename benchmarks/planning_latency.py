@@ -1,8 +1,9 @@
 """Planning latency of the anticipation model on CPU: one episode = one encoder call + generate().
 
 Target (anticipation issue): generate() < 50 ms per episode, encoder excluded. Reports the median over
-repeats for the `cpu` profile's model and the paper's (d=512, 12 layers), a plan of ``--steps`` subgoals
-(the stop logit is forced off so every configuration generates the same length), 1 thread.
+repeats for the `cpu` profile's model and the paper's (d=512, 12 layers), each plain and with the image-reading
+options of the ``kp-near-object-readout`` ablation (first-frame read-out, CoordConv, 16 point tokens), a plan of
+``--steps`` subgoals (the stop logit is forced off so every configuration generates the same length), 1 thread.
 
     .venv/bin/python benchmarks/planning_latency.py [--steps 8] [--repeats 20]
 """
@@ -35,10 +36,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"{'profile':8s} {'d':>4s} {'layers':>6s} {'params M':>8s} {'encoder ms':>10s} {'generate ms':>11s} target<50")
-    for profile in ("cpu", "paper"):
+    print(f"{'profile':8s} {'read-out':8s} {'d':>4s} {'layers':>6s} {'params M':>8s} {'encoder ms':>10s} "
+          f"{'generate ms':>11s} target<50")
+    for profile, readout in (("cpu", False), ("cpu", True), ("paper", False), ("paper", True)):
         mcfg = load_config(profile).anticipation.model
         mcfg.encoder = "cnn"  # DINOv2 weights are not available offline; the encoder is timed separately anyway
+        mcfg.readout = mcfg.cnn_coords = readout
+        mcfg.cnn_points = 16 if readout else 0
         model = AnticipationModel(mcfg).eval()
         with torch.no_grad():
             model.head_stop.bias.fill_(-1e4)
@@ -48,7 +52,7 @@ def main():
         enc = median_ms(lambda: model.encode_images(img, img), args.repeats)
         gen = median_ms(lambda: model.generate(feats, max_len=args.steps), args.repeats)
         n = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{profile:8s} {mcfg.d_model:4d} {mcfg.n_layers:6d} {n:8.1f} {enc:10.1f} {gen:11.1f} "
+        print(f"{profile:8s} {str(readout):8s} {mcfg.d_model:4d} {mcfg.n_layers:6d} {n:8.1f} {enc:10.1f} {gen:11.1f} "
               f"{'OK' if gen < 50 else 'over'}")
 
 
