@@ -64,7 +64,9 @@ class AnticipationConfig:
     keypoints (robot keypoints on different arm parts in different demos, errors 15-17 px that no model can
     remove) the same recipe did not learn the cube's x^0 in 400 warm-up steps (11.8 vs 12.0 px) and the full
     2000-step ``cpu`` runs stayed at the mean baseline (held-out x^0 PushCube 7.3 vs 7.2 px, PickCube 12.2 vs
-    11.3): off by default, see the ``kp-near-object-readout`` ablation (README)."""
+    11.3): off by default. Full 2000-step ``cpu`` runs on ``near-object`` keypoints (the ``kp-near-object-readout``
+    ablation, README) kept part of it: cube x^0 on the training demos PushCube 5.8 px (mean 12.0), but PickCube
+    11.2 (mean 11.0), and their generated plans were no better (held out: 7.3 / 17.4 px vs 4.7 / 15.0 without)."""
     val_fraction: float = 0.1
     """Share of each task's demos held out for the metrics (at least 1 demo)."""
     eval_every: int = 1000
@@ -226,7 +228,8 @@ def save_checkpoint(path: Path, model, opt, step: int, cfg: AnticipationConfig, 
 def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]:
     """Rebuild a trained model from its checkpoint (for planning at RL time)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    old = {"cnn_coords": False, "cnn_points": 0, "readout": False}   # checkpoints written before these options: the plain CNN
+    # checkpoints written before these options hold the plain CNN without read-out
+    old = {"cnn_coords": False, "cnn_points": 0, "readout": False}
     mcfg = AnticipationModelConfig(**{**old, **ckpt["config"]["model"]})
     model = AnticipationModel(mcfg, encoder=encoder)
     model.load_state_dict(ckpt["model"])
