@@ -14,6 +14,7 @@ Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -202,14 +203,18 @@ def mean_x0_baseline(datasets: dict, cfg: AnticipationConfig, image_size: int) -
     """{task: held-out x^0 error (px) of always predicting the TRAINING mean x^0}, on the split ``train`` uses.
     A model whose x^0 error is no better than this has not learned to read positions from the first frame."""
     train_s, val_s, _, _ = load_samples(datasets, cfg.val_fraction, cfg.seed)
-    out = {}
-    for task in datasets:
-        tr = [s.subgoals[0] for s in train_s if s.task == task]
-        va = [s.subgoals[0] for s in val_s if s.task == task]
-        if tr and va:
-            mean = np.mean(tr, 0)
-            out[task] = float(np.mean([np.linalg.norm(v - mean, axis=-1).mean() for v in va]) * image_size)
-    return out
+    return {task: float(err.mean()) for task in datasets
+            if (err := _mean_x0_error(train_s, val_s, task, image_size)) is not None}
+
+
+def _mean_x0_error(train_s, samples, task: str, image_size: int) -> np.ndarray | None:
+    """Per-keypoint x^0 error (px) on ``task``'s ``samples`` of always answering its training mean x^0 (None
+    when either side has no demo of the task)."""
+    tr = [s.subgoals[0] for s in train_s if s.task == task]
+    truth = [s.subgoals[0] for s in samples if s.task == task]
+    if not tr or not truth:
+        return None
+    return np.linalg.norm(np.mean(tr, 0) - np.stack(truth), axis=-1).mean(0) * image_size
 
 
 def _lr(step: int, cfg: AnticipationConfig) -> float:
@@ -243,16 +248,21 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
 OPTIONS_ADDED_OFF = {("model", "readout"): False, ("x0_warmup_steps",): 0, ("split_x0_loss",): False}
 
 
-def run_config_json(cfg: AnticipationConfig, data: dict) -> str:
-    """The text of a run's config.json: the config (less options at their 'off' value) and its data settings."""
-    d = {**asdict(cfg), "data": data}
+def _without_options_off(d: dict) -> dict:
+    """A config dict (``asdict`` form) less the ``OPTIONS_ADDED_OFF`` entries that hold their 'off' value."""
+    d = copy.deepcopy(d)
     for path, off in OPTIONS_ADDED_OFF.items():
         parent = d
         for key in path[:-1]:
             parent = parent[key]
         if parent.get(path[-1], off) == off:
             parent.pop(path[-1], None)
-    return json.dumps(d, indent=2)
+    return d
+
+
+def run_config_json(cfg: AnticipationConfig, data: dict) -> str:
+    """The text of a run's config.json: the config (less options at their 'off' value) and its data settings."""
+    return json.dumps(_without_options_off({**asdict(cfg), "data": data}), indent=2)
 
 
 def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: int, progress: bool = True,
@@ -279,8 +289,7 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if run_config_json(AnticipationConfig(**{**ckpt["config"], "model": AnticipationModelConfig(
-                **ckpt["config"]["model"])}), ckpt.get("data")) == cfg_json:
+        if _without_options_off({**ckpt["config"], "data": ckpt.get("data")}) == json.loads(cfg_json):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
@@ -362,7 +371,6 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, cfg: AnticipationConfig,
     model, train_s, val_s, feats = _finished_run(run_dir, datasets, cfg)
     out = {}
     for task in datasets:
-        mean = np.mean([s.subgoals[0] for s in train_s if s.task == task], 0)
         row = {}
         for split, samples in (("train", train_s), ("val", val_s)):
             mine = [s for s in samples if s.task == task]
@@ -371,7 +379,7 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, cfg: AnticipationConfig,
             x0 = np.concatenate([model.generate(feats(mine[i:i + 16]), max_len=1) for i in range(0, len(mine), 16)])
             truth = np.stack([s.subgoals[0] for s in mine])
             row[split] = (np.linalg.norm(x0[:, 0] - truth, axis=-1).mean(0) * image_size).tolist()
-            row[split + " mean"] = (np.linalg.norm(mean - truth, axis=-1).mean(0) * image_size).tolist()
+            row[split + " mean"] = _mean_x0_error(train_s, mine, task, image_size).tolist()
         out[task] = row
     return out
 
