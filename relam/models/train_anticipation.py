@@ -289,7 +289,9 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if _without_options_off({**ckpt["config"], "data": ckpt.get("data")}) == json.loads(cfg_json):
+        # rebuilt through the dataclasses so that options the checkpoint predates take their defaults
+        saved = AnticipationConfig(**{**ckpt["config"], "model": AnticipationModelConfig(**ckpt["config"]["model"])})
+        if run_config_json(saved, ckpt.get("data")) == cfg_json:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
