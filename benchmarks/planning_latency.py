@@ -18,6 +18,7 @@ import torch
 import relam  # noqa: F401
 from relam.config import load_config
 from relam.models.anticipation import AnticipationModel
+from relam.models.train_anticipation import IMAGE_READING_OPTIONS
 
 
 def median_ms(fn, repeats):
@@ -41,8 +42,8 @@ def main():
     for profile, readout in (("cpu", False), ("cpu", True), ("paper", False), ("paper", True)):
         mcfg = load_config(profile).anticipation.model
         mcfg.encoder = "cnn"  # DINOv2 weights are not available offline; the encoder is timed separately anyway
-        mcfg.readout = mcfg.cnn_coords = readout
-        mcfg.cnn_points = 16 if readout else 0
+        for k, v in (IMAGE_READING_OPTIONS["model"] if readout else {}).items():
+            setattr(mcfg, k, v)
         model = AnticipationModel(mcfg).eval()
         with torch.no_grad():
             model.head_stop.bias.fill_(-1e4)

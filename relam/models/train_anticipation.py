@@ -248,6 +248,12 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
 OPTIONS_ADDED_OFF = {("model", "readout"): False, ("x0_warmup_steps",): 0, ("split_x0_loss",): False}
 
 
+# The options with which the model learned to read the cube's position (see split_x0_loss), as config overrides of
+# the ``anticipation`` section: the ``kp-near-object-readout`` ablation (notebook 08) and the latency benchmark.
+IMAGE_READING_OPTIONS = {"lr": 1e-3, "x0_warmup_steps": 400, "split_x0_loss": True,
+                         "model": {"readout": True, "cnn_coords": True, "cnn_points": 16}}
+
+
 def _without_options_off(d: dict) -> dict:
     """A config dict (``asdict`` form) less the ``OPTIONS_ADDED_OFF`` entries that hold their 'off' value."""
     d = copy.deepcopy(d)
