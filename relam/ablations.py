@@ -29,20 +29,30 @@ def _merge_dicts(base: dict, extra: dict) -> dict:
     return out
 
 
-def ablation_config(cfg: Config, name: str, overrides: dict) -> Config:
+REUSABLE = ("subgoals", "anticipation")
+
+
+def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) -> Config:
     """The profile's config with ``overrides`` and results in ``<cfg.out>/ablations/<name>``; links the profile's
-    demos and offline datasets into it (they must exist: run stages 01 first)."""
+    demos and offline datasets into it (they must exist: run stages 01 first), and the stages named in ``reuse``
+    ('subgoals', 'anticipation') when the overrides do not change them: an ablation of how RL uses the plans
+    (reward, x^0 anchoring) then plans with the profile's own models instead of training copies of them."""
     from relam.config import load_config
 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"ablation name {name!r}: use a plain directory name such as 'kp-near-object'")
     out = Path(cfg.out) / "ablations" / name
     out.mkdir(parents=True, exist_ok=True)
-    for shared in ("demos", "offline"):
+    unknown = set(reuse) - set(REUSABLE)
+    if unknown:
+        raise ValueError(f"reuse={sorted(unknown)}: only the profile's {REUSABLE} can be reused")
+    for shared in ("demos", "offline", *reuse):
         src, link = Path(cfg.out) / shared, out / shared
         if not src.exists():
-            raise FileNotFoundError(f"{src} is missing: run notebooks/01_collect_demos.ipynb for profile "
-                                    f"{cfg.profile!r} before an ablation")
+            stage = "01_collect_demos" if shared in ("demos", "offline") else \
+                ("03_keyframes" if shared == "subgoals" else "04_anticipation")
+            raise FileNotFoundError(f"{src} is missing: run notebooks/{stage}.ipynb for profile "
+                                    f"{cfg.profile!r} before an ablation that reuses it")
         if not link.exists():
             os.symlink(os.path.relpath(src, out), link)
     base = cfg.to_dict()

@@ -74,8 +74,17 @@ class PerceptionConfig:
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     anchor_generated_x0: bool = True
-    """RL/relabelling with generated plans: snap each generated x^0 keypoint onto its part's first-frame mask
-    and shift its subgoal path with it (``relam.rl.planners.AnchoredPlanner``; ours, not in the paper)."""
+    """RL/relabelling with generated plans: correct each generated x^0 keypoint with its part's first-frame mask
+    (``relam.rl.planners.AnchoredPlanner``; ours, not in the paper); how: ``x0_anchor``."""
+    x0_anchor: str = "nearest"
+    """'nearest': snap x^0 keypoints that lie off their part onto its mask and shift their subgoal paths along.
+    'centroid': first move every keypoint with its part's mask centroid (relative to the part's mean centroid in
+    the training demos), then snap, then let the model anticipate the later subgoals from the corrected x^0
+    (see AnchoredPlanner for the measured plan errors)."""
+
+    def __post_init__(self):
+        if self.x0_anchor not in ("nearest", "centroid"):
+            raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest' or 'centroid'")
 
 
 @dataclass
@@ -149,9 +158,17 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
         cfg.results_dir = env_override
     for t in list(cfg.env.tasks) + list(cfg.offline.tasks) + list(cfg.ppo.tasks) + list(cfg.iql.tasks):
         check_task_name(t)
-    cfg.reward.__post_init__()  # re-validate after the overrides
-    cfg.perception.keypoints.__post_init__()
+    _validate(cfg)   # the overrides were set field by field, past each dataclass's own check
     return cfg
+
+
+def _validate(obj) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value)
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()
 
 
 def config_from_dict(data: dict) -> Config:

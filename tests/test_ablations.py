@@ -35,6 +35,25 @@ def test_ablation_config_overrides_settings_and_shares_demos(tmp_path):
         ablation_config(cfg, "../x", {})
 
 
+def test_an_ablation_can_reuse_the_profiles_subgoals_and_models(tmp_path):
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res")})
+    for d in ("demos", "offline", "subgoals"):
+        (cfg.out / d).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="04_anticipation"):
+        ablation_config(cfg, "anchor", {}, reuse=("subgoals", "anticipation"))
+    (cfg.out / "anticipation" / "drawer-open").mkdir(parents=True)
+    (cfg.out / "anticipation" / "drawer-open" / "config.json").write_text("{}")
+    abl = ablation_config(cfg, "anchor", {"perception": {"x0_anchor": "centroid"}}, reuse=("subgoals", "anticipation"))
+    assert abl.perception.x0_anchor == "centroid"
+    assert (abl.out / "anticipation").is_symlink() and (abl.out / "subgoals").is_symlink()
+    assert (abl.out / "anticipation" / "drawer-open" / "config.json").read_text() == "{}"
+    assert not (ablation_config(cfg, "own", {}).out / "anticipation").exists()   # not reused unless asked
+    with pytest.raises(ValueError, match="can be reused"):
+        ablation_config(cfg, "x", {}, reuse=("runs",))
+    with pytest.raises(ValueError, match="x0_anchor"):
+        load_config("smoke", {"perception": {"x0_anchor": "mean"}})
+
+
 def test_compare_lists_profile_and_ablation_side_by_side(tmp_path):
     cfg = load_config("smoke", {"results_dir": str(tmp_path)})
     _run(tmp_path, "PushCube", "relam", 0, 0.2)

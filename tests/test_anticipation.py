@@ -62,6 +62,25 @@ def test_residual_form_and_generate_matches_teacher_forcing(readout):
     np.testing.assert_allclose(pred.detach().numpy(), np.stack(plans), atol=1e-5)
 
 
+def test_generate_from_given_x0_continues_as_teacher_forcing_from_it():
+    """generate(x0=...) keeps the given x^0 and anticipates the later subgoals from it (the teacher-forced pass
+    fed that x^0 and the generated continuation gives the same outputs); another x^0 gives another plan."""
+    m = _model(readout=True).eval()
+    with torch.no_grad():
+        m.head_res.weight.normal_(0, 0.1)
+        m.head_stop.bias.fill_(-10.0)
+        m.kp_mlp[0].weight.mul_(5.0)   # make the plan depend visibly on the keypoints it is fed
+    feats = m.encode_images(_images(2), _images(2, 1))
+    x0 = torch.rand(2, 4, 2)
+    plans = m.generate(feats, max_len=4, x0=x0)
+    np.testing.assert_allclose(np.stack(plans)[:, 0], x0.numpy(), atol=1e-6)
+    pred, _ = m(feats, torch.from_numpy(np.stack(plans)))
+    np.testing.assert_allclose(pred[:, 1:].detach().numpy(), np.stack(plans)[:, 1:], atol=1e-5)
+    other = m.generate(feats, max_len=4, x0=x0 + 0.3)
+    assert not np.allclose(np.stack(other)[:, 1:] - 0.3, np.stack(plans)[:, 1:], atol=1e-3), \
+        "later subgoals must be anticipated from x^0, not merely shifted with it"
+
+
 def test_first_frame_readout_reaches_every_keyframe_token_but_not_the_task_frame():
     m = _model(readout=True).eval()
     with torch.no_grad():

@@ -147,3 +147,43 @@ def test_anchor_plan_snaps_x0_onto_its_part_and_keeps_the_motion():
     np.testing.assert_allclose(anchored(None, {"task_seed": 0}), out)
     with pytest.raises(ValueError, match="prompt_index"):
         AnchoredPlanner(Fixed(), lambda f, i: [arm, cube], idx[:3])
+
+
+def test_centroid_anchor_moves_each_keypoint_with_its_part_and_replans_from_the_corrected_x0():
+    from relam.rl.planners import AnchoredPlanner, anchor_plan, mask_centroid, reference_centroids
+
+    size = 32
+    arm, cube = np.zeros((size, size), bool), np.zeros((size, size), bool)
+    arm[2:20, 2:12] = True
+    cube[20:28, 20:28] = True                                   # centroid (24, 24) px
+    away = np.zeros_like(cube)
+    away[16:24, 12:20] = True                                   # the training demos' cube: centroid (16, 20) px
+    np.testing.assert_allclose(mask_centroid(cube) * size, [24.0, 24.0])
+    ref = reference_centroids([[arm, away], [arm, away]])
+    np.testing.assert_allclose(ref * size, [[7.0, 11.0], [16.0, 20.0]])
+    idx = np.array([0, 0, 0, 1])
+    plan = np.zeros((3, 4, 2))
+    plan[0] = np.array([[5.5, 5.5], [8.5, 10.5], [6.5, 15.5], [15.5, 21.5]]) / size  # cube point where it is on average
+    plan[1:] = plan[0] + np.array([0.1, 0.05])
+    out, shift = anchor_plan(plan, [arm, cube], idx, window=5, reference=ref)
+    np.testing.assert_allclose(out[:, :3], plan[:, :3])          # the arm is where it is on average
+    np.testing.assert_allclose((out[:, 3] - plan[:, 3]) * size, [[8.0, 4.0]] * 3)   # moved with the cube's centroid
+    assert shift.tolist() == pytest.approx([0, 0, 0, np.hypot(8, 4)])
+    # the nearest-pixel rule alone would have moved it only onto the cube's edge
+    edge, _ = anchor_plan(plan, [arm, cube], idx, window=5)
+    assert np.linalg.norm((edge[0, 3] - out[0, 3]) * size) > 3
+
+    calls = []
+
+    class Model:
+        num_keypoints, generated = 4, True
+
+        def __call__(self, frame, info, x0=None):
+            calls.append(None if x0 is None else np.array(x0))
+            return plan if x0 is None else np.concatenate([x0[None], x0[None] + 0.2])
+
+    replanned = AnchoredPlanner(Model(), lambda frame, info: [arm, cube], idx, reference=ref, replan=True)(None, {})
+    np.testing.assert_allclose(calls[1], out[0])                 # the model continued from the corrected x^0
+    np.testing.assert_allclose(replanned, np.concatenate([out[:1], out[:1] + 0.2]))
+    with pytest.raises(ValueError, match="at least one demo"):
+        reference_centroids([])

@@ -167,9 +167,12 @@ class AnticipationModel(nn.Module):
 
     # --- planning ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, features: torch.Tensor, max_len: int | None = None, stop_threshold: float = 0.5):
+    def generate(self, features: torch.Tensor, max_len: int | None = None, stop_threshold: float = 0.5,
+                 x0: torch.Tensor | None = None):
         """Autoregressive plan per item of the batch: a list of arrays (M+1, K, 2), normalised coordinates.
-        Stops when the stop logit says the last predicted subgoal is final, or at ``max_len`` subgoals."""
+        Stops when the stop logit says the last predicted subgoal is final, or at ``max_len`` subgoals.
+        ``x0`` (B, K, 2): use these keypoints as x^0 instead of the model's (e.g. x^0 perceived on the first
+        frame) and anticipate the later subgoals from them, exactly as teacher forcing trained the model to."""
         max_len = min(max_len or self.cfg.max_subgoals, self.cfg.max_subgoals)
         was_training = self.training
         self.eval()
@@ -190,7 +193,7 @@ class AnticipationModel(nn.Module):
                 h, cache[i] = blk(h, past=cache[i])
             h = self.ln_f(h[:, 0])
             if j == 0:
-                current = self.head_abs(h)
+                current = self.head_abs(h) if x0 is None else x0.reshape(b, -1).to(h)
             else:
                 current = current + self.head_res(h)
                 stop = (torch.sigmoid(self.head_stop(h)).squeeze(-1) > stop_threshold) & ~done

@@ -109,13 +109,27 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         if cfg.perception.anchor_generated_x0:
             kp = cfg.perception.keypoints
             masks = SimFirstFrameMasks(task, cfg.env.image_size)
-            planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window)
+            centroid = cfg.perception.x0_anchor == "centroid"
+            planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
+                                      reference=demo_centroids(cfg, task, masks) if centroid else None,
+                                      replan=centroid)
         return CachedPlanner(planner)
     if method == "relam-gt":
         pc = cfg.perception
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
                                            cfg.demos.extra_frames_after_success))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
+    """(P, 2) mean first-frame mask centroid per prompt over the task's subgoal-dataset demos (what the
+    anticipation model learnt from), with the masks ``masks_fn`` gives at RL time."""
+    from relam.perception.subgoals import SubgoalDataset, subgoal_path
+    from relam.rl.planners import reference_centroids
+
+    ds = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
+    return reference_centroids(masks_fn(frame, {"task_seed": int(seed)})
+                               for frame, seed in zip(ds.first_frames, ds.seeds))
 
 
 def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None):
@@ -141,7 +155,10 @@ def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
     name = task if anticipation_run == "task" else "multitask"
     model_cfg = cfg.out / "anticipation" / name / "config.json"
     fingerprint = hashlib.sha1(model_cfg.read_bytes()).hexdigest()[:12] if model_cfg.exists() else None
-    return {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
+    out = {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
+    if cfg.perception.anchor_generated_x0 and cfg.perception.x0_anchor != "nearest":   # absent: runs before it
+        out["x0_anchor"] = cfg.perception.x0_anchor
+    return out
 
 
 def perception_setting(cfg) -> dict:
