@@ -85,8 +85,16 @@ def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
     (rd / "model.zip").unlink()
     again = train_run(cfg, "drawer-open", "relam-gt", 0)
     assert again["resumed"] and again["steps"] == 400 and len((rd / "eval.csv").read_text().splitlines()) == 3
-    # a changed config starts over
-    cfg.reward.delta = 0.05
+    # a larger budget extends the finished run from its checkpoint, keeping its history
+    first_rows = (rd / "eval.csv").read_text().splitlines()
+    cfg.ppo.total_steps = 600
+    longer = train_run(cfg, "drawer-open", "relam-gt", 0)
+    assert longer["resumed"] and longer["steps"] == 600 and [e["step"] for e in longer["evals"]] == [200, 400, 600]
+    assert (rd / "eval.csv").read_text().splitlines()[:3] == first_rows
+    # a smaller budget, or any other change, starts over
+    cfg.ppo.total_steps = 400
+    assert not train_run(cfg, "drawer-open", "relam-gt", 0)["resumed"]
+    cfg.ppo.total_steps, cfg.reward.delta = 600, 0.05
     assert not train_run(cfg, "drawer-open", "relam-gt", 0)["resumed"]
 
 

@@ -57,6 +57,9 @@ def test_iql_smoke_fit_writes_a_checkpoint_that_loads_and_evaluates(tmp_path):
     x = flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))[None]
     assert algo.predict(x).shape == (1, 4)
     assert train_run(cfg, "PushCube", "relam-gt", 0)["skipped"]
+    cfg.iql.epochs = 3                                  # a larger budget continues from epoch 2
+    longer = train_run(cfg, "PushCube", "relam-gt", 0)
+    assert longer["resumed"] and [e["epoch"] for e in longer["evals"]] == [1, 2, 3]
 
 
 def test_downscale_block_averages_channels_first():

@@ -250,7 +250,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     c = cfg.iql
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
-                     ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"))
+                     ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"),
+                     budget=("iql", "epochs"), final_files=("model.d3",))
     if done is not None:
         return done
 

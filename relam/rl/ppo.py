@@ -266,7 +266,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     torch.set_num_threads(cfg.torch_threads)
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
-                     ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip"))
+                     ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip"),
+                     budget=("ppo", "total_steps"), final_files=("model.zip",))
     if done is not None:
         return done
 

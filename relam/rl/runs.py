@@ -2,7 +2,11 @@
 
 A run lives in ``results/<profile>/runs/<task>/<method>/seed<k>/``. Its ``config.json`` defines it: a finished run
 (``results.json``) with the same config is skipped, a changed config deletes the old run's files and starts over,
-and otherwise the algorithm resumes from its own checkpoint.
+and otherwise the algorithm resumes from its own checkpoint. A config that differs only by a LARGER training
+budget (``ppo.total_steps``, ``iql.epochs``) extends the run from its last checkpoint: both algorithms train
+with constant learning rates and clip ranges here, so nothing in the update depends on the budget, and the
+extended run is a longer run of the same settings (its random stream differs from a run started at the larger
+budget, as any resumed run's does).
 """
 from __future__ import annotations
 
@@ -20,19 +24,33 @@ def run_dir_of(cfg, task: str, method: str, seed: int) -> Path:
     return cfg.out / "runs" / task / method / f"seed{seed}"
 
 
-def begin_run(run_dir: Path, config: dict, run_files: tuple[str, ...]) -> dict | None:
+def begin_run(run_dir: Path, config: dict, run_files: tuple[str, ...], budget: tuple[str, str] | None = None,
+              final_files: tuple[str, ...] = ()) -> dict | None:
     """Create ``run_dir`` and write ``config.json``. Returns the saved results (with ``skipped``) if the run is
-    already finished with this config; deletes ``run_files`` (and results.json) left by another config."""
+    already finished with this config; deletes ``run_files`` (and results.json) left by another config, except
+    when the only difference is a larger ``config[budget[0]][budget[1]]``: then only results.json and
+    ``final_files`` go and the run resumes from its checkpoint (see the module docstring)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config, indent=2, sort_keys=True)
     same = (run_dir / "config.json").exists() and (run_dir / "config.json").read_text() == text
     if same and (run_dir / "results.json").exists():
         return json.loads((run_dir / "results.json").read_text()) | {"skipped": True}
     if not same:
-        for name in run_files + ("results.json",):
+        extend = budget is not None and (run_dir / "config.json").exists() and \
+            _only_budget_grew(json.loads((run_dir / "config.json").read_text()), json.loads(text), *budget)
+        for name in (final_files if extend else run_files) + ("results.json",):
             (run_dir / name).unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.json", text)
     return None
+
+
+def _only_budget_grew(old: dict, new: dict, section: str, key: str) -> bool:
+    try:
+        grew = new[section][key] > old[section][key]
+    except (KeyError, TypeError):
+        return False
+    rest = lambda c: {**c, section: {k: v for k, v in c[section].items() if k != key}}   # noqa: E731
+    return bool(grew) and rest(old) == rest(new)
 
 
 def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
