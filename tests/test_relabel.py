@@ -97,3 +97,20 @@ def test_iql_pixel_policy_smoke_fit_and_evaluation(tmp_path):
     y = x.copy()
     y[0, :3 * 64 * 64] = 1.0
     assert not np.allclose(algo.predict_value(x, algo.predict(x)), algo.predict_value(y, algo.predict(x)))
+
+
+def test_env_reward_baseline_is_shifted_like_relam_and_pays_the_success_bonus(tmp_path):
+    """A positive dense reward with episodes ending at success makes success a loss for the learner; the
+    env-reward baseline therefore gets ReLAM's form: dense - 1 (in [-1, 0]) + success bonus."""
+    from relam.rl.iql import build_dataset, env_reward_signal
+
+    dense, success = np.array([0.2, 0.6, 1.0]), np.array([False, False, True])
+    np.testing.assert_allclose(env_reward_signal(dense, success, 10.0), [-0.8, -0.4, 10.0])
+    path = tmp_path / "r.npz"
+    np.savez(path, keypoints=np.zeros((3, 8)), subgoal=np.zeros((3, 8)), state=np.zeros((3, 4)),
+             action=np.zeros((3, 4), np.float32), reward=np.array([-0.5, -0.2, 11.0]), env_reward=dense,
+             success=success, terminal=success, timeout=np.zeros(3, bool))
+    env_ds = build_dataset(path, "env_reward", success_bonus=10.0)
+    np.testing.assert_allclose(env_ds.episodes[0].rewards.ravel(), [-0.8, -0.4, 10.0])
+    relam_ds = build_dataset(path, "reward")
+    np.testing.assert_allclose(relam_ds.episodes[0].rewards.ravel(), [-0.5, -0.2, 11.0])
