@@ -119,3 +119,15 @@ def test_a_retrained_anticipation_model_makes_generated_plan_runs_stale(tmp_path
     assert runs.loc["relam", "stale"] and not runs.loc["relam", "finished"]
     assert runs.loc["relam-gt", "finished"] and not runs.loc["relam-gt", "stale"]
     assert iql_run_config(cfg, "drawer-open", "relam", 0) != before_iql
+
+
+def test_the_x0_anchoring_mode_defines_generated_plan_runs_only(tmp_path):
+    """Runs made before x0_anchor existed ('nearest') keep their config; another mode makes a different run."""
+    from relam.config import load_config
+    from relam.rl.ppo import run_config
+
+    near = load_config("smoke", {"results_dir": str(tmp_path), "perception": {"x0_anchor": "nearest"}})
+    cent = load_config("smoke", {"results_dir": str(tmp_path), "perception": {"x0_anchor": "centroid"}})
+    assert "x0_anchor" not in run_config(near, "drawer-open", "relam", 0)
+    assert run_config(cent, "drawer-open", "relam", 0)["x0_anchor"] == "centroid"
+    assert run_config(near, "drawer-open", "relam-gt", 0) == run_config(cent, "drawer-open", "relam-gt", 0)
