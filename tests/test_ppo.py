@@ -104,6 +104,7 @@ def test_tiny_pixel_policy_with_generated_subgoals(tmp_path):
     from relam.models.train_anticipation import AnticipationConfig, save_checkpoint
 
     cfg = _tiny_cfg(tmp_path, methods=["relam"], policy="pixels", total_steps=200, n_steps=100, eval_every=200)
+    cfg.perception.x0_anchor = "nearest"   # 'centroid' needs the subgoal dataset (test below); this test has none
     acfg = AnticipationConfig(model=AnticipationModelConfig(d_model=32, n_layers=1, n_heads=2, cnn_channels=8,
                                                             cnn_grid=2, max_subgoals=4))
     torch.manual_seed(0)
@@ -195,3 +196,28 @@ def test_centroid_anchor_moves_each_keypoint_with_its_part_and_replans_from_the_
     np.testing.assert_allclose(replanned, np.concatenate([out[:1], out[:1] + 0.2]))
     with pytest.raises(ValueError, match="at least one demo"):
         reference_centroids([])
+
+
+def test_centroid_reference_is_the_mean_over_the_models_training_demos(tmp_path, monkeypatch):
+    from relam.perception import subgoals
+    from relam.rl.ppo import demo_centroids
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    frames[1] += 1
+    demos = subgoals.SubgoalDataset(task="drawer-open", first_frames=frames, task_frame=frames[0], subgoals=[],
+                                    keyframes=[], tracks=[], seeds=np.array([7, 9]), prompts=["arm", "obj"],
+                                    num_keypoints=4)
+    monkeypatch.setattr(subgoals.SubgoalDataset, "load", classmethod(lambda cls, path, task=None: demos))
+    seen = []
+
+    def masks(frame, info):
+        seen.append((int(frame[0, 0, 0]), info["task_seed"]))
+        m = np.zeros((8, 8), bool)
+        m[0, info["task_seed"] - 7] = True                        # seed 7: column 0, seed 9: column 2
+        return [m, np.zeros((8, 8), bool)]                        # the object is never masked
+
+    ref = demo_centroids(cfg, "drawer-open", masks)
+    assert seen == [(0, 7), (1, 9)]                              # each demo's own first frame and task seed
+    np.testing.assert_allclose(ref[0] * 8, [1.5, 0.5])           # mean of column centres 0.5 and 2.5
+    assert np.isnan(ref[1]).all()                                # never masked: never moved
