@@ -194,7 +194,12 @@ class AnchoredPlanner:
     true x^0 by teacher forcing, so it has learnt how the plan depends on it). Measured on the ``cpu`` models
     (held-out demos, px; own / 'nearest' / 'centroid' with replan): object x^0 drawer-open 5.3 / 5.3 / 0.9,
     PushCube 2.7 / 2.5 / 1.5 (training demos 12.1 / 3.9 / 1.4); later subgoals drawer-open 4.0 / 4.0 / 2.4,
-    PushCube training demos 17.7 / 16.2 / 10.2; PickCube barely (its goal is not in any mask).
+    PushCube training demos 17.7 / 16.2 / 10.2; PickCube barely (its goal is not in any mask). Success with
+    PPO at ``cpu`` (3 seeds, 'nearest' -> 'centroid'): button-press-wall 83.3 -> 100 %, drawer-open 23.3 ->
+    33.3 %, door-open 0 -> 0 %. What still stops drawer-open (9 of 10 evaluation episodes of one seed, either
+    mode): the policy puts the arm's keypoints on the subgoal of the pulled drawer (within 1-3 px) without
+    having hooked the handle, and the handle's keypoint stays 16 px short: the 2-D subgoal does not say how
+    deep the hand must be.
 
     ``masks_fn(frame, info) -> [mask per prompt]``; for your own robot, e.g.
     ``lambda frame, info: [m for m in segmenter(frame, prompts).values()]``."""
