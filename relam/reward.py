@@ -39,6 +39,13 @@ class RewardConfig:
     knot: tuple = (0.25, -0.5)
     """Piecewise only: the middle knot (fraction of d_max, value); ours: (0.25 d_max, -0.5), so the slope is
     2/d_max near the goal and 2/(3 d_max) far from it."""
+    part_weighting: str = "keypoint"
+    """How the K keypoint distances are averaged into d_k: 'keypoint' (each 1/K, Eq. 3 as written) or 'part'
+    (ours): each part (the robot, and each object prompt) carries an equal share of d_k, split evenly among its
+    keypoints. With K = 4 (3 robot + 1 object points) 'keypoint' gives the object 1/4 of the distance, so a
+    policy that puts the arm on a subgoal without moving the object loses little (SPEC §5: "the object's share
+    of the distance must not be negligible"); 'part' gives it 1/2. Needs the keypoints' parts
+    (``StageMachine(parts=)``, ``ReLAMRewardWrapper(keypoint_parts=)``)."""
     criterion: str = "max"
     """'max': stage reached when every keypoint is within delta of its target (default: closes the gap of
     SPEC §5); 'mean': when the mean distance d_k < delta (Eq. 3 read literally; gameable)."""
@@ -66,6 +73,8 @@ class RewardConfig:
     def __post_init__(self):
         if self.function not in REWARD_FUNCTIONS:
             raise ValueError(f"unknown reward function {self.function!r}; choose one of {REWARD_FUNCTIONS}")
+        if self.part_weighting not in ("keypoint", "part"):
+            raise ValueError(f"unknown part_weighting {self.part_weighting!r}; choose 'keypoint' or 'part'")
         if self.criterion not in ("max", "mean"):
             raise ValueError(f"unknown stage criterion {self.criterion!r}; choose 'max' or 'mean'")
         if self.success_source not in ("env", "subgoals"):
@@ -84,6 +93,8 @@ class RewardConfig:
         """The resolved config as saved beside runs and relabelled data (defines whether they are up to date)."""
         d = asdict(self.for_plan(generated))
         del d["delta_generated"]
+        if d["part_weighting"] == "keypoint":   # added later: absent at its original value, so older runs stay current
+            del d["part_weighting"]
         return d
 
 
@@ -91,6 +102,23 @@ def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per-keypoint Euclidean distances (..., K) between (..., K, 2) arrays."""
     diff = np.asarray(points, np.float64) - np.asarray(target, np.float64)
     return np.sqrt((diff * diff).sum(-1))   # = np.linalg.norm(axis=-1), several times cheaper per env step
+
+
+def keypoint_weights(cfg: RewardConfig, parts, num_keypoints: int) -> list[float] | None:
+    """Weights of the K keypoint distances in d_k (they sum to 1), or None for the plain mean (Eq. 3).
+    ``parts``: (K,) the part (prompt index) each keypoint belongs to; needed by ``part_weighting='part'``."""
+    if cfg.part_weighting == "keypoint":
+        return None
+    if parts is None:
+        raise ValueError("reward.part_weighting='part' needs the part of each keypoint (parts=[0, 0, 0, 1] for 3 "
+                         "robot points and 1 object point; relam.rl.planners.keypoint_prompt_index gives it) or "
+                         "part_weighting='keypoint'")
+    parts = np.asarray(parts).ravel()
+    if len(parts) != num_keypoints:
+        raise ValueError(f"parts has {len(parts)} entries but the plan has K = {num_keypoints} keypoints")
+    labels, counts = np.unique(parts, return_counts=True)
+    share = {int(l): 1.0 / (len(labels) * c) for l, c in zip(labels, counts)}
+    return [share[int(p)] for p in parts]
 
 
 def reward_function(cfg: RewardConfig):
@@ -127,7 +155,7 @@ def reward_function(cfg: RewardConfig):
 @dataclass
 class StepReward:
     reward: float
-    distance: float          # mean keypoint distance to the current target (Eq. 3)
+    distance: float          # mean keypoint distance to the current target (Eq. 3; weighted by part if configured)
     max_distance: float      # largest single keypoint distance
     stage: int               # index of the target AFTER this step (0 = g^1)
     stage_reached: bool      # a stage bonus was paid on this step (PPO cuts GAE here)
@@ -143,14 +171,16 @@ class StageMachine:
     predicted only x^0) gives no distance term and no stage bonuses, only the success bonus, with a warning.
     Non-finite keypoints (a tracker that lost a point) are replaced by that point's last finite position; a
     point never seen finite counts as d_max away. Both cases warn instead of crashing the rollout.
+    ``parts`` ((K,) part of each keypoint) weights d_k when ``cfg.part_weighting == 'part'``.
     """
 
-    def __init__(self, subgoals: np.ndarray, cfg: RewardConfig = RewardConfig()):
+    def __init__(self, subgoals: np.ndarray, cfg: RewardConfig = RewardConfig(), parts=None):
         plan = np.asarray(subgoals, np.float64)
         if plan.ndim != 3 or plan.shape[-1] != 2:
             raise ValueError(f"subgoal plan must be (M+1, K, 2), got shape {plan.shape}")
         self.cfg, self.f = cfg, reward_function(cfg)
         self.targets = plan[1:]
+        self.weights = keypoint_weights(cfg, parts, plan.shape[1])
         self.k = 0
         self.reached_last = False
         self._last_finite = None
@@ -188,7 +218,9 @@ class StageMachine:
             # K distances as Python floats: a few numpy calls less per env step (they dominate the wrapper's cost)
             per_point = [d if math.isfinite(d) else cfg.d_max
                          for d in keypoint_distance(pts, self.targets[self.k]).tolist()]
-            dist, dmax = sum(per_point) / len(per_point), max(per_point)
+            w = self.weights
+            dist = sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
+            dmax = max(per_point)
             reward = float(self.f(dist))
             crit = dmax if cfg.criterion == "max" else dist
             reached = crit < cfg.delta and not self.reached_last
@@ -206,13 +238,13 @@ class StageMachine:
 
 
 def relabel(tracks: np.ndarray, subgoals: np.ndarray, env_success: np.ndarray,
-            cfg: RewardConfig = RewardConfig()) -> dict:
+            cfg: RewardConfig = RewardConfig(), parts=None) -> dict:
     """Rewards of a recorded trajectory (SPEC §7): ``tracks`` (T+1, K, 2) keypoints at every state (normalised),
     ``env_success`` (T,) the success flag after each action. Transition t (state t -> t+1) is rewarded on the
     keypoints of state t+1. After a success that ends the episode the remaining transitions are marked done and
     rewarded 0 (they do not exist in an online episode). Returns arrays of length T: reward, stage (after the
-    step), stage_reached, reached_last, success, terminal."""
-    machine = StageMachine(subgoals, cfg)
+    step), stage_reached, reached_last, success, terminal. ``parts`` as in ``StageMachine``."""
+    machine = StageMachine(subgoals, cfg, parts)
     tracks, env_success = np.asarray(tracks), np.asarray(env_success, bool)
     T = len(env_success)
     if len(tracks) != T + 1:

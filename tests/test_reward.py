@@ -219,3 +219,39 @@ def test_generated_plans_get_their_own_threshold():
     assert "delta_generated" not in cfg.settings(True) and cfg.settings(True)["delta"] == 0.06
     with pytest.raises(ValueError, match="delta_generated"):
         RewardConfig(delta_generated=-1.0)
+
+
+def test_part_weighting_gives_each_part_an_equal_share_of_the_distance():
+    plan = np.array([[[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.5, 0.5]]] * 2)
+    pts = plan[1].copy()
+    pts[3, 0] += 0.1                                          # arm on its target, the object 0.1 short
+    plain = StageMachine(plan, RewardConfig()).step(pts)
+    part = StageMachine(plan, RewardConfig(part_weighting="part"), parts=[0, 0, 0, 1]).step(pts)
+    assert plain.distance == pytest.approx(0.1 / 4)
+    assert part.distance == pytest.approx(0.1 / 2)            # the object is one part of two
+    assert part.reward < plain.reward
+    pts = plan[1].copy()
+    pts[0, 0] += 0.1                                          # one of three arm points off
+    assert StageMachine(plan, RewardConfig(part_weighting="part"), parts=[0, 0, 0, 1]).step(pts).distance \
+        == pytest.approx(0.1 / 6)
+    # relabelling uses the same weights
+    out = relabel(np.stack([plan[0], pts]), plan, np.zeros(1, bool), RewardConfig(part_weighting="part"), [0, 0, 0, 1])
+    assert out["reward"][0] == pytest.approx(float(reward_function(RewardConfig())(0.1 / 6)))
+
+
+def test_part_weighting_without_parts_is_a_clear_error():
+    plan = np.zeros((2, 4, 2))
+    with pytest.raises(ValueError, match="needs the part of each keypoint"):
+        StageMachine(plan, RewardConfig(part_weighting="part"))
+    with pytest.raises(ValueError, match="K = 4"):
+        StageMachine(plan, RewardConfig(part_weighting="part"), parts=[0, 1])
+    with pytest.raises(ValueError, match="part_weighting"):
+        RewardConfig(part_weighting="object")
+    with pytest.raises(ValueError, match="keypoint_parts"):
+        ReLAMRewardWrapper(gym.make("Pendulum-v1", render_mode="rgb_array"), lambda f, i: plan, None, 4,
+                           RewardConfig(part_weighting="part"))
+
+
+def test_part_weighting_enters_run_settings_only_when_on():
+    assert "part_weighting" not in RewardConfig().settings(False)
+    assert RewardConfig(part_weighting="part").settings(True)["part_weighting"] == "part"

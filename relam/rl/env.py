@@ -8,7 +8,9 @@ reward by the ReLAM reward of ``relam.reward`` and its observation by
     {'keypoints': x(t) (2K,), 'subgoal': g^k (2K,), 'state': the inner observation (if a Box), 'image': (3,H,W)}
 
 ('image' only with ``image_obs=True``). ``info`` carries the stage, the distances, the env's own reward, and
-``subgoal_reached`` (the transition that reached a subgoal: hierarchical PPO cuts GAE there).
+``subgoal_reached`` (the transition that reached a subgoal: hierarchical PPO cuts GAE there). ``keypoint_parts``
+((K,) the part, robot 0 and objects 1.., of each keypoint) lets the reward weight parts equally
+(``RewardConfig.part_weighting``).
 """
 from __future__ import annotations
 
@@ -140,8 +142,13 @@ Planner = Callable[[np.ndarray, dict], np.ndarray]
 
 class ReLAMRewardWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, planner: Planner, tracker: OnlineTracker, num_keypoints: int,
-                 reward: RewardConfig = RewardConfig(), image_obs: bool = False, image_size: int | None = None):
+                 reward: RewardConfig = RewardConfig(), image_obs: bool = False, image_size: int | None = None,
+                 keypoint_parts=None):
         super().__init__(env)
+        self.parts = keypoint_parts   # (K,) part of each keypoint, for reward.part_weighting='part'
+        if reward.part_weighting == "part" and keypoint_parts is None:
+            raise ValueError("reward.part_weighting='part' needs keypoint_parts=(part index of each keypoint, e.g. "
+                             "[0, 0, 0, 1]: robot, robot, robot, object), or part_weighting='keypoint'")
         self.planner, self.tracker, self.cfg = planner, tracker, reward
         self.K, self.image_obs = int(num_keypoints), image_obs
         frame = None
@@ -198,7 +205,7 @@ class ReLAMRewardWrapper(gym.Wrapper):
             warnings.warn("planner returned no usable x^0; keypoints start at the image centre", RuntimeWarning)
             plan = np.full((1, self.K, 2), 0.5)
         self.plan = plan
-        self.machine = StageMachine(plan, self.cfg)
+        self.machine = StageMachine(plan, self.cfg, self.parts)
         self._subgoal_obs = None
         self.tracker.start(frame, plan[0] * self.size, info)
         self.keypoints = plan[0].copy()

@@ -143,7 +143,13 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     task = make_task(task_name, image_size=cfg.env.image_size)
     return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
                               reward_config(cfg, planner.generated), image_obs=image_obs,
-                              image_size=cfg.env.image_size)
+                              image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task.spec.prompts))
+
+
+def keypoint_parts(cfg, prompts) -> np.ndarray:
+    """(K,) part (prompt index: robot 0, objects 1..) of each keypoint of the task's plans, for the reward."""
+    from relam.rl.planners import keypoint_prompt_index
+    return keypoint_prompt_index(prompts, cfg.perception.keypoints)
 
 
 def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:

@@ -34,12 +34,13 @@ def proprio_from_states(states: np.ndarray) -> np.ndarray:
 
 
 def relabel_episode(plan: np.ndarray, gt: dict, step_success: np.ndarray, image_size: int,
-                    cfg: RewardConfig) -> dict:
+                    cfg: RewardConfig, parts=None) -> dict:
     """Track the plan's x^0 through one recorded episode (sim tracker on its stored poses) and relabel it.
-    Returns per-state keypoints/targets (T+1) and the per-transition output of ``relam.reward.relabel``."""
+    Returns per-state keypoints/targets (T+1) and the per-transition output of ``relam.reward.relabel``
+    (``parts``: the part of each keypoint, for ``RewardConfig.part_weighting``)."""
     tracker = GroundTruthTracker(plan[0] * image_size, gt["depth0"], gt["seg0"], gt["camera"], gt["body_poses"][0])
     tracks = tracker.track(gt["body_poses"]) / image_size                    # (T+1, K, 2)
-    out = relabel(tracks, plan, step_success, cfg)
+    out = relabel(tracks, plan, step_success, cfg, parts)
     targets = plan[1:] if len(plan) > 1 else plan[:1]   # an empty plan shows x^0 as the "subgoal"
     after = np.minimum(out["stage"], len(targets) - 1)
     before = np.concatenate([[0], after[:-1]]).astype(int)  # the policy at state t sees the target before step t
@@ -53,7 +54,8 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
-    from relam.rl.ppo import make_planner, perception_setting, plan_setting, reward_config
+    from relam.envs import task_spec
+    from relam.rl.ppo import keypoint_parts, make_planner, perception_setting, plan_setting, reward_config
 
     rc = reward_config(cfg, generated=method == "relam")
     src = offline_path(cfg, task)
@@ -71,6 +73,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
                 return path
     planner = planner or make_planner(task, method, cfg, run)
     size = cfg.env.image_size
+    parts = keypoint_parts(cfg, task_spec(task).prompts)
     cols = {k: [] for k in ("keypoints", "subgoal", "state", "action", "next_keypoints", "next_subgoal", "next_state",
                             "reward", "env_reward", "terminal", "timeout", "stage", "stage_reached", "reached_last",
                             "success", "episode", "t")}
@@ -79,7 +82,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
         for i in tqdm(range(len(ds)), desc=f"relabel {task}/{method}", disable=not progress, unit="traj"):
             rec, gt = ds[i], ds.groundtruth(i)
             plan = np.asarray(planner(rec.frames[0], {"task_seed": rec.seed}), np.float64)
-            out = relabel_episode(plan, gt, rec.step_success, size, rc)
+            out = relabel_episode(plan, gt, rec.step_success, size, rc, parts)
             T = len(rec.actions)
             end = int(np.argmax(out["terminal"])) + 1 if out["terminal"].any() else T   # drop after terminal success
             prop = proprio_from_states(gt["states"])
