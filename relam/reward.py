@@ -106,13 +106,10 @@ def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def keypoint_weights(cfg: RewardConfig, parts, num_keypoints: int) -> list[float] | None:
     """Weights of the K keypoint distances in d_k (they sum to 1), or None for the plain mean (Eq. 3).
-    ``parts``: (K,) the part (prompt index) each keypoint belongs to; needed by ``part_weighting='part'``."""
-    if cfg.part_weighting == "keypoint":
+    ``parts``: (K,) the part (prompt index) each keypoint belongs to; None (parts unknown) counts every keypoint as
+    one part, i.e. the plain mean."""
+    if cfg.part_weighting == "keypoint" or parts is None:
         return None
-    if parts is None:
-        raise ValueError("reward.part_weighting='part' needs the part of each keypoint (parts=[0, 0, 0, 1] for 3 "
-                         "robot points and 1 object point; relam.rl.planners.keypoint_prompt_index gives it) or "
-                         "part_weighting='keypoint'")
     parts = np.asarray(parts).ravel()
     if len(parts) != num_keypoints:
         raise ValueError(f"parts has {len(parts)} entries but the plan has K = {num_keypoints} keypoints")

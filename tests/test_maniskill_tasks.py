@@ -267,3 +267,10 @@ def test_noisy_action():
     p = NoiseParams(sigma=0.3, rho=0.9, eps_random=0.0)
     ar = np.stack([noisy_action(np.zeros(4), rng, k, p, st) for k in range(3000)])[:, 0]
     assert np.corrcoef(ar[:-1], ar[1:])[0, 1] > 0.7
+
+
+def test_noisy_random_actions_stay_within_random_scale():
+    rng = np.random.default_rng(1)
+    p = NoiseParams(sigma=0.0, eps_random=1.0, random_scale=0.5)
+    outs = np.stack([noisy_action(np.zeros(4, np.float32), rng, k, p, {}) for k in range(500)])
+    assert np.abs(outs[:, :3]).max() <= 0.5 and np.abs(outs[:, :3]).max() > 0.45   # fills [-0.5, 0.5]

@@ -239,17 +239,17 @@ def test_part_weighting_gives_each_part_an_equal_share_of_the_distance():
     assert out["reward"][0] == pytest.approx(float(reward_function(RewardConfig())(0.1 / 6)))
 
 
-def test_part_weighting_without_parts_is_a_clear_error():
-    plan = np.zeros((2, 4, 2))
-    with pytest.raises(ValueError, match="needs the part of each keypoint"):
-        StageMachine(plan, RewardConfig(part_weighting="part"))
+def test_part_weighting_without_parts_is_the_plain_mean_and_the_wrapper_warns():
+    plan = np.array([[[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.5, 0.5]]] * 2)
+    pts = plan[1] + np.array([0.0, 0.0, 0.0, 0.1])[:, None] * [1, 0]
+    assert StageMachine(plan, RewardConfig(part_weighting="part")).step(pts).distance == pytest.approx(0.1 / 4)
     with pytest.raises(ValueError, match="K = 4"):
         StageMachine(plan, RewardConfig(part_weighting="part"), parts=[0, 1])
     with pytest.raises(ValueError, match="part_weighting"):
         RewardConfig(part_weighting="object")
-    with pytest.raises(ValueError, match="keypoint_parts"):
+    with pytest.warns(RuntimeWarning, match="keypoint_parts"):
         ReLAMRewardWrapper(gym.make("Pendulum-v1", render_mode="rgb_array"), lambda f, i: plan, None, 4,
-                           RewardConfig(part_weighting="part"))
+                           RewardConfig(part_weighting="part"), image_size=128)
 
 
 def test_part_weighting_enters_run_settings_only_when_on():

@@ -96,9 +96,12 @@ def collect_offline(cfg: Config, task: str, progress: bool = True) -> dict:
     off = cfg.offline
     path = offline_path(cfg, task)
     params = dataclasses.replace(DEFAULT_NOISE, **off.noise)
+    noise = asdict(params)
+    if noise["random_scale"] == 1.0:   # added later: absent at its original value, so older datasets stay current
+        del noise["random_scale"]
     settings = {**_demo_settings(cfg, task), "n_requested": off.n_expert + off.n_noisy,
                 "n_expert": off.n_expert, "n_noisy": off.n_noisy, "seed_offset": off.seed_offset,
-                "noise_params": asdict(params)}
+                "noise_params": noise}
     if _up_to_date(path, settings):
         return {"task": task, "path": str(path), "skipped": True, **_offline_summary(read_attrs(path))}
     env = make_task(task, image_size=cfg.env.image_size)

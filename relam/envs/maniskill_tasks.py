@@ -215,7 +215,10 @@ class NoiseParams:
     """AR(1) correlation of the Gaussian noise between consecutive steps (0 = i.i.d.). Needs the
     per-episode ``state`` dict of ``noisy_action``."""
     eps_random: float = 0.33
-    """Probability per step of replacing the xyz action with a uniform random one in [-1, 1]^3."""
+    """Probability per step of replacing the xyz action with a uniform random one in [-random_scale, random_scale]^3."""
+    random_scale: float = 1.0
+    """Range of those random xyz actions (1.0: the whole action space, up to 10 cm per step; the experts move at most
+    5 cm, i.e. |action| <= 0.5)."""
     gripper_sigma: float = 0.0
     """Std of Gaussian noise on the gripper dim (0 = untouched)."""
 
@@ -240,7 +243,7 @@ def noisy_action(expert_action, rng: np.random.Generator, step: int, params: Noi
         state["eps"] = params.rho * state["eps"] + np.sqrt(1 - params.rho ** 2) * fresh
     a[:3] += state["eps"]
     if params.eps_random > 0 and rng.random() < params.eps_random:
-        a[:3] = rng.uniform(-1.0, 1.0, 3)
+        a[:3] = rng.uniform(-params.random_scale, params.random_scale, 3)
     if params.gripper_sigma > 0:
         a[3] += rng.normal(0.0, params.gripper_sigma)
     return np.clip(a, -1.0, 1.0).astype(np.float32)

@@ -147,8 +147,9 @@ class ReLAMRewardWrapper(gym.Wrapper):
         super().__init__(env)
         self.parts = keypoint_parts   # (K,) part of each keypoint, for reward.part_weighting='part'
         if reward.part_weighting == "part" and keypoint_parts is None:
-            raise ValueError("reward.part_weighting='part' needs keypoint_parts=(part index of each keypoint, e.g. "
-                             "[0, 0, 0, 1]: robot, robot, robot, object), or part_weighting='keypoint'")
+            warnings.warn("reward.part_weighting='part' but no keypoint_parts given: every keypoint weighs 1/K (Eq. 3), "
+                          "so the object's points may count for little; pass keypoint_parts=(part of each keypoint, "
+                          "e.g. [0, 0, 0, 1] for 3 robot points and 1 object point)", RuntimeWarning, stacklevel=2)
         self.planner, self.tracker, self.cfg = planner, tracker, reward
         self.K, self.image_obs = int(num_keypoints), image_obs
         frame = None
