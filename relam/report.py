@@ -13,14 +13,18 @@ import pandas as pd
 
 def expected_config(cfg, task: str, method: str, seed: int) -> dict | None:
     """The config.json a run of ``task``/``method``/``seed`` would have under ``cfg`` (PPO for the profile's PPO
-    tasks, IQL for its IQL tasks); None for anything else (e.g. a baseline this module does not know)."""
+    tasks, IQL for its IQL tasks); None for anything else (e.g. a baseline this module does not know). When the
+    anticipation model such a run needs has not finished, no saved run can match: a placeholder saying so."""
     if task in cfg.ppo.tasks:
         from relam.rl.ppo import run_config
     elif task in cfg.iql.tasks:
         from relam.rl.iql import run_config
     else:
         return None
-    return run_config(cfg, task, method, seed)
+    try:
+        return run_config(cfg, task, method, seed)
+    except FileNotFoundError as e:
+        return {"unavailable": str(e)}
 
 
 def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:

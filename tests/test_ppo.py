@@ -111,10 +111,14 @@ def test_tiny_pixel_policy_with_generated_subgoals(tmp_path):
     model = AnticipationModel(acfg.model)
     save_checkpoint(cfg.out / "anticipation" / "drawer-open" / "checkpoint.pt", model, None, 0, acfg,
                     {"tasks": ["drawer-open"], "task_frames": np.zeros((1, 128, 128, 3), np.uint8)})
+    # the stage threshold of generated plans is the model's held-out subgoal error (metrics.json), clipped
+    (cfg.out / "anticipation" / "drawer-open" / "metrics.json").write_text(
+        json.dumps({"tasks": ["drawer-open"], "val": {"subgoal_px": 6.4}}))
     res = train_run(cfg, "drawer-open", "relam", 0)
     assert res["steps"] == 200 and res["policy"] == "pixels"
     saved = json.loads((cfg.out / "runs" / "drawer-open" / "relam" / "seed0" / "config.json").read_text())
     assert saved["ppo"]["policy"] == "pixels"
+    assert saved["reward"]["delta"] == pytest.approx(6.4 / 128) and saved["reward"]["part_weighting"] == "part"
 
 
 def test_missing_anticipation_model_names_the_notebook(tmp_path):

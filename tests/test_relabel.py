@@ -23,9 +23,11 @@ def test_relabel_dataset_is_consistent_with_the_reward(tmp_path):
         kp, nkp, sg, nsg = d["keypoints"][m], d["next_keypoints"][m], d["subgoal"][m], d["next_subgoal"][m]
         np.testing.assert_allclose(nkp[:-1], kp[1:])             # transitions chain within an episode
         np.testing.assert_allclose(nsg[:-1], sg[1:])
-        # each reward = f(mean distance of the NEXT keypoints to the current target) + bonuses
+        # each reward = f(part-weighted distance of the NEXT keypoints to the current target) + bonuses: K = 4 is
+        # 3 robot points and 1 cube point, so the cube carries half of the distance
         dist = np.linalg.norm((nkp - sg).reshape(len(kp), -1, 2), axis=-1)
-        expect = f(dist.mean(1)) + cfg.reward.stage_bonus * d["stage_reached"][m] \
+        assert cfg.reward.part_weighting == "part" and dist.shape[1] == 4
+        expect = f(dist[:, :3].mean(1) / 2 + dist[:, 3] / 2) + cfg.reward.stage_bonus * d["stage_reached"][m] \
             + cfg.reward.success_bonus * d["success"][m]
         np.testing.assert_allclose(d["reward"][m], expect, rtol=1e-5, atol=1e-5)
         assert (dist.max(1)[d["stage_reached"][m]] < cfg.reward.delta).all()   # max criterion

@@ -108,6 +108,7 @@ def test_a_retrained_anticipation_model_makes_generated_plan_runs_stale(tmp_path
     model_cfg = tmp_path / "anticipation" / "drawer-open" / "config.json"
     model_cfg.parent.mkdir(parents=True)
     model_cfg.write_text('{"lr": 0.0001}')
+    (model_cfg.parent / "metrics.json").write_text('{"tasks": ["drawer-open"], "val": {"subgoal_px": 5.0}}')
     for method in ("relam", "relam-gt"):
         _run(tmp_path, "drawer-open", method, 0, 1.0)
         conf = run_config(cfg, "drawer-open", method, 0)
@@ -119,6 +120,9 @@ def test_a_retrained_anticipation_model_makes_generated_plan_runs_stale(tmp_path
     assert runs.loc["relam", "stale"] and not runs.loc["relam", "finished"]
     assert runs.loc["relam-gt", "finished"] and not runs.loc["relam-gt", "stale"]
     assert iql_run_config(cfg, "drawer-open", "relam", 0) != before_iql
+    (model_cfg.parent / "metrics.json").unlink()           # a model being retrained: its runs count as stale
+    runs = find_runs(tmp_path, cfg).set_index("method")
+    assert runs.loc["relam", "stale"] and runs.loc["relam-gt", "finished"]
 
 
 def test_the_x0_anchoring_mode_defines_generated_plan_runs_only(tmp_path):
@@ -126,6 +130,9 @@ def test_the_x0_anchoring_mode_defines_generated_plan_runs_only(tmp_path):
     from relam.config import load_config
     from relam.rl.ppo import run_config
 
+    (tmp_path / "anticipation" / "drawer-open").mkdir(parents=True)
+    (tmp_path / "anticipation" / "drawer-open" / "metrics.json").write_text(
+        '{"tasks": ["drawer-open"], "val": {"subgoal_px": 5.0}}')
     near = load_config("smoke", {"results_dir": str(tmp_path), "perception": {"x0_anchor": "nearest"}})
     cent = load_config("smoke", {"results_dir": str(tmp_path), "perception": {"x0_anchor": "centroid"}})
     assert "x0_anchor" not in run_config(near, "drawer-open", "relam", 0)

@@ -160,7 +160,8 @@ class PointTracker:
 def _point_wrapper(plan=None, **kw):
     env = PointEnv()
     plan = np.array([[[0.2, 0.5]] * 2, [[0.5, 0.5]] * 2, [[0.8, 0.5]] * 2]) if plan is None else plan
-    return ReLAMRewardWrapper(env, lambda frame, info: plan, PointTracker(env), num_keypoints=2, **kw), env
+    return ReLAMRewardWrapper(env, lambda frame, info: plan, PointTracker(env), num_keypoints=2,
+                              **{"keypoint_parts": [0, 1], **kw}), env
 
 
 def test_wrapper_passes_gymnasium_env_checker():
@@ -198,7 +199,7 @@ def test_wrapper_on_a_simulated_task_with_the_sim_tracker(task_cache):
     arm = np.argwhere(task.masks()["robot arm"])[:, ::-1] + 0.5
     x0 = arm[[0, len(arm) // 2]] / task.image_size
     plan = np.stack([x0, x0 + [0.0, 0.2]])
-    wrapped = ReLAMRewardWrapper(env, lambda f, i: plan, SimOnlineTracker(task), num_keypoints=2)
+    wrapped = ReLAMRewardWrapper(env, lambda f, i: plan, SimOnlineTracker(task), num_keypoints=2, keypoint_parts=[0, 1])
     obs, info = wrapped.reset(seed=0)
     assert info["task_seed"] == 3 and np.allclose(obs["keypoints"], x0.ravel(), atol=1e-5)
     for _ in range(10):
@@ -219,6 +220,35 @@ def test_generated_plans_get_their_own_threshold():
     assert "delta_generated" not in cfg.settings(True) and cfg.settings(True)["delta"] == 0.06
     with pytest.raises(ValueError, match="delta_generated"):
         RewardConfig(delta_generated=-1.0)
+    with pytest.raises(ValueError, match="delta_generated"):
+        RewardConfig(delta_generated="models")
+
+
+def test_model_threshold_is_the_models_plan_error_clipped_to_delta_and_the_maximum():
+    cfg = RewardConfig(delta=0.04, delta_generated="model", delta_generated_max=0.06)
+    assert cfg.for_plan(True, 0.01).delta == 0.04            # a precise model: delta
+    assert cfg.for_plan(True, 0.05).delta == pytest.approx(0.05)
+    assert cfg.for_plan(True, 0.3).delta == 0.06             # a poor model: the maximum
+    assert cfg.for_plan(False, 0.3).delta == 0.04            # ground-truth plans never use it
+    assert cfg.settings(True, 0.05)["delta"] == pytest.approx(0.05)
+    assert "delta_generated_max" not in cfg.settings(True, 0.05)
+    with pytest.raises(ValueError, match="held-out subgoal error"):
+        cfg.for_plan(True)                                   # no metrics: a clear error, not a silent default
+    with pytest.raises(ValueError, match="delta_generated_max"):
+        RewardConfig(delta=0.05, delta_generated_max=0.04)
+
+
+def test_held_out_plan_error_reads_a_runs_metrics(tmp_path):
+    import json
+
+    from relam.models.train_anticipation import held_out_plan_error
+    assert held_out_plan_error(tmp_path, "drawer-open", 128) is None          # unfinished run
+    (tmp_path / "metrics.json").write_text(json.dumps({"tasks": ["drawer-open", "PushCube"], "val": {
+        "subgoal_px": 20.0, "per_task": {"drawer-open": {"subgoal_px": 6.4}, "PushCube": {"subgoal_px": 33.6}}}}))
+    assert held_out_plan_error(tmp_path, "drawer-open", 128) == pytest.approx(0.05)
+    assert held_out_plan_error(tmp_path, "door-open", 128) is None
+    (tmp_path / "metrics.json").write_text(json.dumps({"tasks": ["door-open"], "val": {"subgoal_px": 12.8}}))
+    assert held_out_plan_error(tmp_path, "door-open", 128) == pytest.approx(0.1)
 
 
 def test_part_weighting_gives_each_part_an_equal_share_of_the_distance():
@@ -253,5 +283,5 @@ def test_part_weighting_without_parts_is_the_plain_mean_and_the_wrapper_warns():
 
 
 def test_part_weighting_enters_run_settings_only_when_on():
-    assert "part_weighting" not in RewardConfig().settings(False)
-    assert RewardConfig(part_weighting="part").settings(True)["part_weighting"] == "part"
+    assert "part_weighting" not in RewardConfig(part_weighting="keypoint").settings(False)
+    assert RewardConfig(part_weighting="part").settings(True, 0.05)["part_weighting"] == "part"

@@ -230,6 +230,18 @@ def save_checkpoint(path: Path, model, opt, step: int, cfg: AnticipationConfig, 
                     "config": asdict(cfg), **(extra or {})}, tmp)
 
 
+def held_out_plan_error(run_dir: Path | str, task: str, image_size: int) -> float | None:
+    """Mean pixel error of a finished run's generated subgoals on its held-out demos of ``task``
+    (``metrics.json``), in normalised units; None when the run has no metrics (unfinished) or none for ``task``."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    val = metrics.get("val", {})
+    entry = val.get("per_task", {}).get(task) or (val if metrics.get("tasks") == [task] else None)
+    return None if not entry or entry.get("subgoal_px") is None else float(entry["subgoal_px"]) / image_size
+
+
 def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]:
     """Rebuild a trained model from its checkpoint (for planning at RL time)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)

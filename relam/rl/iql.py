@@ -244,11 +244,11 @@ def _iql_settings(c: IQLConfig) -> dict:
 
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
-    from relam.rl.ppo import perception_setting, plan_setting
+    from relam.rl.ppo import perception_setting, plan_setting, reward_setting
     env_form = {"env_reward": "dense - 1 + success bonus"} if method == "env-reward" else {}
     return {"task": task, "method": method, "seed": seed, "algo": "iql", **env_form,
             "iql": _iql_settings(cfg.iql),
-            "reward": cfg.reward.settings(method != "relam-gt"),
+            "reward": reward_setting(cfg, task, method != "relam-gt", cfg.iql.anticipation_run),
             **plan_setting(cfg, task, method, cfg.iql.anticipation_run), **perception_setting(cfg),
             "profile": cfg.profile}
 

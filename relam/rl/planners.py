@@ -42,6 +42,8 @@ class ModelPlanner:
         self.num_keypoints = self.model.cfg.num_keypoints
         self.generated = True   # plans carry the model's error: the reward may use a looser stage threshold
         self.max_len = max_len
+        from relam.models.train_anticipation import held_out_plan_error
+        self.plan_error = held_out_plan_error(Path(checkpoint).parent, task, self.task_frame.shape[0])
 
     @torch.no_grad()
     def __call__(self, frame: np.ndarray, info: dict | None = None, x0: np.ndarray | None = None) -> np.ndarray:
@@ -211,6 +213,7 @@ class AnchoredPlanner:
         self.reference, self.replan = reference, replan
         self.num_keypoints = planner.num_keypoints
         self.generated = getattr(planner, "generated", True)
+        self.plan_error = getattr(planner, "plan_error", None)
         if len(self.prompt_index) != self.num_keypoints:
             raise ValueError(f"prompt_index has {len(self.prompt_index)} entries for {self.num_keypoints} keypoints")
 
@@ -232,6 +235,7 @@ class CachedPlanner:
         self.planner, self.cache = planner, {}
         self.num_keypoints = planner.num_keypoints
         self.generated = getattr(planner, "generated", False)
+        self.plan_error = getattr(planner, "plan_error", None)
 
     def lookup(self, info):
         key = None if not info else info.get("task_seed")

@@ -142,7 +142,8 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
     task = make_task(task_name, image_size=cfg.env.image_size)
     return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
-                              reward_config(cfg, planner.generated), image_obs=image_obs,
+                              reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
+                              image_obs=image_obs,
                               image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task.spec.prompts))
 
 
@@ -179,9 +180,31 @@ def policy_kwargs(p: PPOConfig) -> dict:
     return {"features_extractor_class": KeypointFeatures, "net_arch": {"pi": arch, "vf": arch}}
 
 
-def reward_config(cfg, generated: bool) -> RewardConfig:
-    """The profile's reward config resolved for a generated (anticipation model) or ground-truth plan."""
-    return cfg.reward.for_plan(generated)
+def reward_config(cfg, generated: bool, plan_error: float | None = None) -> RewardConfig:
+    """The profile's reward config resolved for a generated (anticipation model, whose held-out subgoal error is
+    ``plan_error``) or ground-truth plan."""
+    return cfg.reward.for_plan(generated, plan_error)
+
+
+def plan_error_of(cfg, task: str, anticipation_run: str) -> float | None:
+    """Held-out subgoal error (normalised) of the anticipation model that plans ``task`` ('task' or 'multitask'
+    run), from its metrics.json; None when it has not finished, which is an error where the reward needs it
+    (``reward.delta_generated == 'model'``)."""
+    from relam.models.train_anticipation import held_out_plan_error
+    name = task if anticipation_run == "task" else "multitask"
+    run_dir = cfg.out / "anticipation" / name
+    error = held_out_plan_error(run_dir, task, cfg.env.image_size)
+    if error is None and cfg.reward.delta_generated == "model":
+        raise FileNotFoundError(f"no finished anticipation model for {task!r} at {run_dir} (no metrics.json with its "
+                                f"held-out error, which sets the stage threshold of generated plans); run "
+                                f"notebooks/04_anticipation.ipynb (or ./run_all.sh --profile {cfg.profile}) first, or "
+                                f"set reward.delta_generated to a number")
+    return error
+
+
+def reward_setting(cfg, task: str, generated: bool, anticipation_run: str) -> dict:
+    """The resolved reward config as recorded in run configs and relabelled files."""
+    return cfg.reward.settings(generated, plan_error_of(cfg, task, anticipation_run) if generated else None)
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
@@ -259,7 +282,8 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     p = cfg.ppo
     return {"task": task, "method": method, "seed": seed,
             "ppo": asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
-            "reward": cfg.reward.settings(method == "relam"), **plan_setting(cfg, task, method, p.anticipation_run),
+            "reward": reward_setting(cfg, task, method == "relam", p.anticipation_run),
+            **plan_setting(cfg, task, method, p.anticipation_run),
             **perception_setting(cfg), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 

@@ -55,14 +55,17 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
     from relam.envs import task_spec
-    from relam.rl.ppo import keypoint_parts, make_planner, perception_setting, plan_setting, reward_config
+    from relam.rl.ppo import (keypoint_parts, make_planner, perception_setting, plan_error_of, plan_setting,
+                              reward_config)
 
-    rc = reward_config(cfg, generated=method == "relam")
+    run = anticipation_run or cfg.iql.anticipation_run
+    generated = method == "relam"
+    error = plan_error_of(cfg, task, run) if generated else None
+    rc = reward_config(cfg, generated, error)
     src = offline_path(cfg, task)
     path = cfg.out / "relabelled" / task / f"{method}.npz"
     src_attrs = read_attrs(src) or {}
-    run = anticipation_run or cfg.iql.anticipation_run
-    settings = {"task": task, "method": method, "reward": cfg.reward.settings(method == "relam"),
+    settings = {"task": task, "method": method, "reward": cfg.reward.settings(generated, error),
                 "anticipation_run": run if method == "relam" else None, **plan_setting(cfg, task, method, run),
                 **perception_setting(cfg),
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
