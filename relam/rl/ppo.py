@@ -97,11 +97,7 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
                                    keypoint_prompt_index)
 
     if method == "relam":
-        run = anticipation_run or cfg.ppo.anticipation_run
-        if run not in ("task", "multitask"):
-            raise ValueError(f"unknown anticipation_run {run!r}; choose 'task' or 'multitask'")
-        name = task if run == "task" else "multitask"
-        ckpt = cfg.out / "anticipation" / name / "checkpoint.pt"
+        ckpt = anticipation_dir(cfg, task, anticipation_run or cfg.ppo.anticipation_run) / "checkpoint.pt"
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
                                     f"./run_all.sh --profile {cfg.profile}) first")
@@ -119,6 +115,14 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
                                            cfg.demos.extra_frames_after_success))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def anticipation_dir(cfg, task: str, anticipation_run: str) -> Path:
+    """Run directory of the anticipation model that plans ``task``: its per-task model ('task') or the
+    'multitask' one."""
+    if anticipation_run not in ("task", "multitask"):
+        raise ValueError(f"unknown anticipation_run {anticipation_run!r}; choose 'task' or 'multitask'")
+    return cfg.out / "anticipation" / (task if anticipation_run == "task" else "multitask")
 
 
 def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
@@ -159,8 +163,7 @@ def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
     files stale). Absent for ground-truth plans, so their runs and files do not change with either."""
     if method == "relam-gt":
         return {}
-    name = task if anticipation_run == "task" else "multitask"
-    model_cfg = cfg.out / "anticipation" / name / "config.json"
+    model_cfg = anticipation_dir(cfg, task, anticipation_run) / "config.json"
     fingerprint = hashlib.sha1(model_cfg.read_bytes()).hexdigest()[:12] if model_cfg.exists() else None
     out = {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
     if cfg.perception.anchor_generated_x0 and cfg.perception.x0_anchor != "nearest":   # absent: runs before it
@@ -191,8 +194,7 @@ def plan_error_of(cfg, task: str, anticipation_run: str) -> float | None:
     run), from its metrics.json; None when it has not finished, which is an error where the reward needs it
     (``reward.delta_generated == 'model'``)."""
     from relam.models.train_anticipation import held_out_plan_error
-    name = task if anticipation_run == "task" else "multitask"
-    run_dir = cfg.out / "anticipation" / name
+    run_dir = anticipation_dir(cfg, task, anticipation_run)
     error = held_out_plan_error(run_dir, task, cfg.env.image_size)
     if error is None and cfg.reward.delta_generated == "model":
         raise FileNotFoundError(f"no finished anticipation model for {task!r} at {run_dir} (no metrics.json with its "
