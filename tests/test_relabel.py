@@ -116,3 +116,52 @@ def test_env_reward_baseline_is_shifted_like_relam_and_pays_the_success_bonus(tm
     np.testing.assert_allclose(env_ds.episodes[0].rewards.ravel(), [-0.8, -0.4, 10.0])
     relam_ds = build_dataset(path, "reward")
     np.testing.assert_allclose(relam_ds.episodes[0].rewards.ravel(), [-0.5, -0.2, 11.0])
+
+
+def test_keep_mask_keeps_whole_trajectories_with_the_highest_return(tmp_path):
+    from relam.rl.iql import build_dataset, keep_mask
+
+    # episode 0: return -3 (slow, no success); 1: -0.5 + 10; 2: -1 + 10 (success later); 3: -2
+    episode = np.array([0, 0, 0, 1, 2, 2, 3, 3])
+    reward = np.array([-1, -1, -1, 9.5, -1, 10, -1, -1], np.float32)
+    success = np.array([0, 0, 0, 1, 0, 1, 0, 0], bool)
+    env_reward = np.array([0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.5, 0.5])   # dense - 1: ep 0 -0.3, 1 +9.1, 2 +8.2, 3 -1.0
+    path = tmp_path / "r.npz"
+    np.savez(path, episode=episode, reward=reward, env_reward=env_reward, success=success,
+             keypoints=np.zeros((8, 8)), subgoal=np.zeros((8, 8)), state=np.zeros((8, 4)),
+             action=np.arange(32, dtype=np.float32).reshape(8, 4), terminal=success,
+             timeout=np.isin(np.arange(8), [2, 7]))
+    np.testing.assert_array_equal(keep_mask(path, "reward", 0.5), np.isin(episode, [1, 2]))
+    np.testing.assert_array_equal(keep_mask(path, "reward", 0.75), np.isin(episode, [1, 2, 3]))
+    np.testing.assert_array_equal(keep_mask(path, "env_reward", 0.75), np.isin(episode, [0, 1, 2]))   # ranks differ
+    np.testing.assert_array_equal(keep_mask(path, "env_reward", 0.25), episode == 1)
+    assert keep_mask(path, "reward", 1.0).all()
+    with pytest.raises(ValueError, match="keep_fraction"):
+        keep_mask(path, "reward", 0.0)
+    ds = build_dataset(path, "reward", keep=keep_mask(path, "reward", 0.5))
+    assert len(ds.episodes) == 2 and ds.transition_count == 3
+    np.testing.assert_array_equal(np.concatenate([e.actions for e in ds.episodes]), np.arange(12, 24).reshape(3, 4))
+
+
+def test_filtered_bc_learner_clones_the_best_trajectories_and_records_them(tmp_path):
+    import d3rlpy
+
+    from relam.data.demos import collect_offline
+    from relam.rl.iql import flat_observation, train_run
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": 2, "n_noisy": 2},
+                                "iql": {"epochs": 1, "steps_per_epoch": 20, "eval_every_epochs": 1,
+                                        "eval_episodes": 1, "learner": "filtered-bc", "keep_fraction": 0.5}})
+    collect_offline(cfg, "PushCube", progress=False)
+    res = train_run(cfg, "PushCube", "relam-gt", 0)
+    assert res["learner"] == "filtered-bc" and res["final_eval"]["episodes"] == 1
+    assert res["dataset"]["episodes"] == 4 and res["dataset"]["episodes_kept"] == 2
+    rd = cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
+    saved = json.loads((rd / "config.json").read_text())["iql"]
+    assert saved["learner"] == "filtered-bc" and "expectile" not in saved
+    algo = d3rlpy.load_learnable(str(rd / "model.d3"), device="cpu:0")
+    assert isinstance(algo, d3rlpy.algos.BC)
+    assert algo.predict(flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))[None]).shape == (1, 4)
+    cfg.iql.learner = "bc"
+    with pytest.raises(ValueError, match="iql.learner"):
+        train_run(cfg, "PushCube", "relam-gt", 0)

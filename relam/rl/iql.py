@@ -5,7 +5,8 @@ hyper-parameters: expectile, inverse temperature beta, soft target updates) is u
 
 Methods: ``relam`` (rewards relabelled with generated subgoals), ``relam-gt`` (ground-truth keypoint subgoals) and
 ``env-reward`` (the simulator's dense reward in ReLAM's form, ``env_reward_signal``; same observation, subgoals from
-the anticipation model). Observation
+the anticipation model). Learners: ``iql`` (the paper's, the default) and ``filtered-bc`` (ours, an option: clone
+the trajectories with the highest return under the method's reward; ``keep_mask``). Observation
 (keypoint-only variant, the CPU default): current keypoints, subgoal, their difference and proprioception, exactly
 the inputs of the PPO keypoint policy. Evaluation runs in the simulator with online planning and tracking (the
 ReLAM wrapper) and counts the simulator's success flag. Run directories as in ``relam.rl.ppo``:
@@ -26,6 +27,7 @@ from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_cs
 from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
 METHODS = ("relam", "relam-gt", "env-reward")
+LEARNERS = ("iql", "filtered-bc")
 
 
 @dataclass
@@ -69,6 +71,11 @@ class IQLConfig:
     """'pixels' only: frames are block-averaged to this size (128 -> 64 keeps a 100-trajectory dataset < 1 GB)."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
+    learner: str = "iql"
+    """'iql' (the paper's) or 'filtered-bc' (ours, an option: behaviour cloning of the trajectories whose return
+    under the method's reward is in the top ``keep_fraction``, the %BC of Chen et al. 2021; see ``keep_mask``)."""
+    keep_fraction: float = 0.5
+    """'filtered-bc' only: share of trajectories kept, ranked by their return under the method's reward."""
 
 
 def flat_observation(keypoints, subgoal, state) -> np.ndarray:
@@ -191,21 +198,47 @@ def _source(method: str) -> tuple[str, str]:
     raise ValueError(f"unknown IQL method {method!r}; choose from {METHODS}")
 
 
+def _rewards(d, reward_key: str, success_bonus: float) -> np.ndarray:
+    if reward_key == "env_reward":
+        return env_reward_signal(d["env_reward"], d["success"], success_bonus)
+    return d[reward_key].astype(np.float32)
+
+
+def keep_mask(npz_path: Path | str, reward_key: str, fraction: float, success_bonus: float = 10.0) -> np.ndarray:
+    """Learner 'filtered-bc': per transition, whether its trajectory's return (undiscounted sum of the method's
+    reward) is among the top ``fraction`` of trajectories (ties broken by trajectory index). Why this learner
+    exists: IQL on these small datasets behaves like cloning ALL the data (README, stage 06), while the relabelled
+    returns do rank the trajectories: the top half is 86-98 % expert trajectories on the ``cpu`` data."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"iql.keep_fraction {fraction} must be in (0, 1]: the share of trajectories to clone")
+    with np.load(npz_path) as d:
+        episode, rewards = d["episode"], _rewards(d, reward_key, success_bonus)
+    ids, inverse = np.unique(episode, return_inverse=True)
+    returns = np.zeros(len(ids))
+    np.add.at(returns, inverse, rewards)
+    n_keep = max(1, int(round(fraction * len(ids))))
+    kept = np.argsort(-returns, kind="stable")[:n_keep]
+    return np.isin(inverse, kept)
+
+
 def build_dataset(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
-                  success_bonus: float = 10.0):
+                  success_bonus: float = 10.0, keep: np.ndarray | None = None):
     """d3rlpy MDPDataset from a relabelled file (``relam.rl.relabel``); ``images`` (per transition, from
-    ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives ``env_reward_signal``."""
+    ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives ``env_reward_signal``.
+    ``keep`` (a transition mask of whole trajectories, ``keep_mask``) selects the transitions."""
     import d3rlpy
     with np.load(npz_path) as d:
         obs = flat_observation(d["keypoints"], d["subgoal"], d["state"])
         if images is not None:
             obs = np.concatenate([images, obs], -1)
-        rewards = env_reward_signal(d["env_reward"], d["success"], success_bonus) if reward_key == "env_reward" \
-            else d[reward_key].astype(np.float32)
-        return d3rlpy.dataset.MDPDataset(
-            observations=obs, actions=d["action"], rewards=rewards,
-            terminals=d["terminal"].astype(np.float32), timeouts=d["timeout"].astype(np.float32),
-            action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
+        cols = [obs, d["action"], _rewards(d, reward_key, success_bonus), d["terminal"].astype(np.float32),
+                d["timeout"].astype(np.float32)]
+    if keep is not None:
+        cols = [c[keep] for c in cols]
+    obs, actions, rewards, terminals, timeouts = cols
+    return d3rlpy.dataset.MDPDataset(
+        observations=obs, actions=actions, rewards=rewards, terminals=terminals, timeouts=timeouts,
+        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
 
 
 def make_algo(c: IQLConfig, seed: int):
@@ -217,6 +250,11 @@ def make_algo(c: IQLConfig, seed: int):
         enc = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=list(c.hidden))
     else:
         raise ValueError(f"unknown iql.observation {c.observation!r}; choose 'keypoints' or 'pixels'")
+    if c.learner == "filtered-bc":   # deterministic policy: the greedy IQL actor is its mean, too
+        return d3rlpy.algos.BCConfig(batch_size=c.batch_size, learning_rate=c.learning_rate,
+                                     encoder_factory=enc).create(device="cpu:0")
+    if c.learner != "iql":
+        raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
     return d3rlpy.algos.IQLConfig(
         actor_learning_rate=c.learning_rate, critic_learning_rate=c.learning_rate, batch_size=c.batch_size,
         gamma=c.gamma, tau=c.tau, expectile=c.expectile, weight_temp=c.temperature, max_weight=c.max_weight,
@@ -239,6 +277,11 @@ def _iql_settings(c: IQLConfig) -> dict:
     d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
         del d["observation"], d["image_size"]
+    if c.learner == "iql":             # runs made before the learner option keep their config
+        del d["learner"], d["keep_fraction"]
+    else:                              # IQL-only settings do not define a cloning run
+        for k in ("gamma", "tau", "expectile", "temperature", "max_weight"):
+            del d[k]
     return d
 
 
@@ -263,6 +306,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
 
     torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
     c = cfg.iql
+    if c.learner not in LEARNERS:
+        raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"),
@@ -276,7 +321,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                                 anticipation_run=c.anticipation_run)
     pixels = c.observation == "pixels"
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
-    dataset = build_dataset(data_path, reward_key, images, cfg.reward.success_bonus)
+    keep = keep_mask(data_path, reward_key, c.keep_fraction, cfg.reward.success_bonus) \
+        if c.learner == "filtered-bc" else None
+    dataset = build_dataset(data_path, reward_key, images, cfg.reward.success_bonus, keep)
     del images
     if pixels:
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
@@ -316,9 +363,11 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     with atomic_path(run_dir / "model.d3") as tmp:  # the last checkpoint is the final model
         shutil.copyfile(run_dir / "checkpoint.d3", tmp)
     final = state["evals"][-1]
-    results = {"task": task, "method": method, "seed": seed, "algo": "iql", "steps": c.epochs * c.steps_per_epoch,
+    summary = dataset_summary(data_path, keep)
+    results = {"task": task, "method": method, "seed": seed, "algo": "iql", "learner": c.learner,
+               "steps": c.epochs * c.steps_per_epoch,
                "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],
-               "final_eval": final, "evals": state["evals"], "dataset": dataset_summary(data_path),
+               "final_eval": final, "evals": state["evals"], "dataset": summary,
                "seconds_this_session": round(seconds, 1),
                "train_steps_per_second": round(steps_done / max(seconds, 1e-9), 1), "resumed": resumed}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))

@@ -111,8 +111,10 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     return path
 
 
-def dataset_summary(path: Path | str) -> dict:
-    """Share of transitions / episodes reaching the last subgoal against the simulator's success share."""
+def dataset_summary(path: Path | str, keep: np.ndarray | None = None) -> dict:
+    """Share of transitions / episodes reaching the last subgoal against the simulator's success share; with
+    ``keep`` (a transition mask of whole trajectories: the 'filtered-bc' learner's) also how many trajectories it
+    keeps and which: the noisy and the successful share among them."""
     with np.load(path) as f:
         ep = f["episode"]
         n_ep = int(ep.max()) + 1
@@ -120,7 +122,12 @@ def dataset_summary(path: Path | str) -> dict:
         succ = np.zeros(n_ep, bool)
         np.logical_or.at(last, ep, f["reached_last"])
         np.logical_or.at(succ, ep, f["success"])
-        return {"transitions": int(len(ep)), "episodes": n_ep,
-                "transitions_last_subgoal": float(f["reached_last"].mean()),
-                "episodes_last_subgoal": float(last.mean()), "episodes_success": float(succ.mean()),
-                "mean_reward": float(f["reward"].mean()), "mean_env_reward": float(f["env_reward"].mean())}
+        out = {"transitions": int(len(ep)), "episodes": n_ep,
+               "transitions_last_subgoal": float(f["reached_last"].mean()),
+               "episodes_last_subgoal": float(last.mean()), "episodes_success": float(succ.mean()),
+               "mean_reward": float(f["reward"].mean()), "mean_env_reward": float(f["env_reward"].mean())}
+        if keep is not None:
+            kept = np.unique(ep[keep])
+            out |= {"episodes_kept": int(len(kept)), "kept_noisy_share": float(f["noisy"][kept].mean()),
+                    "kept_success_share": float(succ[kept].mean())}
+        return out
