@@ -225,3 +225,20 @@ def test_centroid_reference_is_the_mean_over_the_models_training_demos(tmp_path,
     assert seen == [(0, 7), (1, 9)]                              # each demo's own first frame and task seed
     np.testing.assert_allclose(ref[0] * 8, [1.5, 0.5])           # mean of column centres 0.5 and 2.5
     assert np.isnan(ref[1]).all()                                # never masked: never moved
+
+
+def test_sim_anchor_masks_keep_only_the_parts_that_can_move():
+    """The drawer's case is welded to the world: a keypoint anchored on it would never move."""
+    from relam.rl.planners import SimFirstFrameMasks
+
+    movable = SimFirstFrameMasks("drawer-open", 128)
+    whole = SimFirstFrameMasks("drawer-open", 128, movable_only=False)
+    info = {"task_seed": 1_000_000}
+    (arm_m, drawer_m), (arm_w, drawer_w) = movable(None, info), whole(None, info)
+    task = movable.task
+    seg = task.segmentation()
+    assert drawer_m.any() and (drawer_m <= drawer_w).all() and drawer_m.sum() < drawer_w.sum() / 2
+    assert (task.model.body_weldid[seg[drawer_m]] != 0).all()           # only moving bodies
+    assert (task.model.body_weldid[seg[drawer_w & ~drawer_m]] == 0).all()   # what was left out is static
+    assert arm_m.any() and (arm_m <= arm_w).all()
+    movable.close(); whole.close()

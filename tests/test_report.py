@@ -138,3 +138,19 @@ def test_the_x0_anchoring_mode_defines_generated_plan_runs_only(tmp_path):
     assert "x0_anchor" not in run_config(near, "drawer-open", "relam", 0)
     assert run_config(cent, "drawer-open", "relam", 0)["x0_anchor"] == "centroid"
     assert run_config(near, "drawer-open", "relam-gt", 0) == run_config(cent, "drawer-open", "relam-gt", 0)
+
+
+def test_anchoring_on_movable_parts_defines_generated_plan_runs_only(tmp_path):
+    """Runs made with whole-prompt masks (before the option) keep their config; movable-only masks make new ones."""
+    from relam.config import load_config
+    from relam.rl.ppo import run_config
+
+    (tmp_path / "anticipation" / "drawer-open").mkdir(parents=True)
+    (tmp_path / "anticipation" / "drawer-open" / "metrics.json").write_text(
+        '{"tasks": ["drawer-open"], "val": {"subgoal_px": 5.0}}')
+    whole = load_config("smoke", {"results_dir": str(tmp_path), "perception": {"anchor_movable_only": False}})
+    movable = load_config("smoke", {"results_dir": str(tmp_path)})
+    assert movable.perception.anchor_movable_only                       # the default
+    assert "anchor_movable_only" not in run_config(whole, "drawer-open", "relam", 0)
+    assert run_config(movable, "drawer-open", "relam", 0)["anchor_movable_only"] is True
+    assert run_config(whole, "drawer-open", "relam-gt", 0) == run_config(movable, "drawer-open", "relam-gt", 0)

@@ -103,6 +103,10 @@ class Task(abc.ABC):
     def prompt_slots(self, prompt: str) -> np.ndarray:
         """Body slots that the text prompt refers to (ground-truth segmenter)."""
 
+    def movable_slots(self, prompt: str) -> np.ndarray:
+        """The prompt's body slots that can move (not welded to the world); default: all of them."""
+        return self.prompt_slots(prompt)
+
     @abc.abstractmethod
     def object_position(self) -> np.ndarray:
         """World position (3,) of the task object's reference point (evaluation/diagnostics only)."""

@@ -104,7 +104,7 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         planner = ModelPlanner(ckpt, task)
         if cfg.perception.anchor_generated_x0:
             kp = cfg.perception.keypoints
-            masks = SimFirstFrameMasks(task, cfg.env.image_size)
+            masks = SimFirstFrameMasks(task, cfg.env.image_size, cfg.perception.anchor_movable_only)
             centroid = cfg.perception.x0_anchor == "centroid"
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
                                       reference=demo_centroids(cfg, task, masks) if centroid else None,
@@ -168,6 +168,8 @@ def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
     out = {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
     if cfg.perception.anchor_generated_x0 and cfg.perception.x0_anchor != "nearest":   # absent: runs before it
         out["x0_anchor"] = cfg.perception.x0_anchor
+    if cfg.perception.anchor_generated_x0 and cfg.perception.anchor_movable_only:   # absent: runs before it
+        out["anchor_movable_only"] = True
     return out
 
 
