@@ -84,8 +84,9 @@ class PerceptionConfig:
     AnchoredPlanner. Success at ``cpu`` (3 seeds, simulator flag; nearest -> centroid): button-press-wall
     83.3 -> 100 %, drawer-open 23.3 -> 33.3 %, door-open 0 -> 0 % (PPO); IQL: README."""
     anchor_movable_only: bool = True
-    """Anchoring with the simulator's masks: use only the parts of each prompt that can move (the drawer, not its
-    case; ``relam.rl.planners.SimFirstFrameMasks``). False: the whole prompt (the default until 2026-12-01)."""
+    """Anchoring with the simulator's masks: an x^0 keypoint must end on a part that can move (the drawer, not its
+    static case; ``AnchoredPlanner(movable_fn=)``), centroids still from the whole prompt. False: anywhere on the
+    prompt's mask (the default until 2026-12-01)."""
 
     def __post_init__(self):
         if self.x0_anchor not in ("nearest", "centroid"):

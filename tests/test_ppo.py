@@ -227,18 +227,33 @@ def test_centroid_reference_is_the_mean_over_the_models_training_demos(tmp_path,
     assert np.isnan(ref[1]).all()                                # never masked: never moved
 
 
-def test_sim_anchor_masks_keep_only_the_parts_that_can_move():
+def test_sim_movable_masks_leave_out_the_static_case():
     """The drawer's case is welded to the world: a keypoint anchored on it would never move."""
     from relam.rl.planners import SimFirstFrameMasks
 
-    movable = SimFirstFrameMasks("drawer-open", 128)
-    whole = SimFirstFrameMasks("drawer-open", 128, movable_only=False)
+    masks = SimFirstFrameMasks("drawer-open", 128)
     info = {"task_seed": 1_000_000}
-    (arm_m, drawer_m), (arm_w, drawer_w) = movable(None, info), whole(None, info)
-    task = movable.task
-    seg = task.segmentation()
+    (arm_w, drawer_w), (arm_m, drawer_m) = masks(None, info), masks.movable(None, info)
+    seg = masks.task.segmentation()
     assert drawer_m.any() and (drawer_m <= drawer_w).all() and drawer_m.sum() < drawer_w.sum() / 2
-    assert (task.model.body_weldid[seg[drawer_m]] != 0).all()           # only moving bodies
-    assert (task.model.body_weldid[seg[drawer_w & ~drawer_m]] == 0).all()   # what was left out is static
+    assert (masks.task.model.body_weldid[seg[drawer_m]] != 0).all()              # only moving bodies
+    assert (masks.task.model.body_weldid[seg[drawer_w & ~drawer_m]] == 0).all()  # what is left out is static
     assert arm_m.any() and (arm_m <= arm_w).all()
-    movable.close(); whole.close()
+    masks.close()
+
+
+def test_anchor_plan_moves_x0_off_a_static_part_and_nowhere_else():
+    from relam.rl.planners import anchor_plan
+
+    whole = np.zeros((32, 32), bool)
+    whole[4:28, 4:28] = True                     # the part: a static case ...
+    movable = np.zeros_like(whole)
+    movable[4:28, 18:28] = True                  # ... and the drawer in its right part
+    plan = np.array([[[10.5, 15.5], [22.5, 15.5]], [[10.5, 5.5], [22.5, 5.5]]]) / 32   # x^0 on case / on drawer
+    same, _ = anchor_plan(plan, [whole], [0, 0], window=3)
+    np.testing.assert_allclose(same, plan)       # without movable masks both stay
+    out, shift = anchor_plan(plan, [whole], [0, 0], window=3, movable=[movable])
+    np.testing.assert_allclose(out[:, 1], plan[:, 1])               # already on the drawer: untouched
+    assert out[0, 0, 0] * 32 == 18.5 and out[0, 0, 1] == plan[0, 0, 1]   # nearest drawer pixel, same row
+    np.testing.assert_allclose(out[1, 0] - out[0, 0], plan[1, 0] - plan[0, 0])   # its path moved along
+    assert shift[0] == 8.0 and shift[1] == 0.0

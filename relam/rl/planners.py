@@ -118,7 +118,7 @@ def reference_centroids(masks_per_demo) -> np.ndarray:
 
 
 def anchor_plan(plan: np.ndarray, masks: list[np.ndarray], prompt_index, window: int = 5,
-                reference: np.ndarray | None = None):
+                reference: np.ndarray | None = None, movable: list[np.ndarray] | None = None):
     """Correct the x^0 keypoints of ``plan`` with the first-frame part masks and shift each keypoint's whole
     subgoal path by its correction (the generated motion is kept, only its start moves).
 
@@ -131,6 +131,9 @@ def anchor_plan(plan: np.ndarray, masks: list[np.ndarray], prompt_index, window:
     ``plan``: (M+1, K, 2) normalised; ``masks[j]``: bool (H, W) mask of prompt j on the first frame;
     ``prompt_index``: (K,) prompt of each keypoint. Interior = pixels whose ``window`` square lies in the mask
     (as in keypoint selection), or the raw mask when nothing survives; an empty mask leaves the point as is.
+    ``movable[j]`` (optional): the pixels of prompt j that can move; an x^0 keypoint must then also lie on them
+    (a keypoint on a static case is tracked on the case and never moves), else it moves to the nearest interior
+    pixel that does. Centroids still come from ``masks``.
     Returns (anchored plan, (K,) shift in pixels)."""
     from relam.perception.keypoints import window_filter
 
@@ -146,6 +149,10 @@ def anchor_plan(plan: np.ndarray, masks: list[np.ndarray], prompt_index, window:
         interior = window_filter(masks[j], window)
         if not interior.any():
             interior = np.asarray(masks[j], bool)
+        if movable is not None and (interior & movable[j]).any():
+            interior = interior & movable[j]
+        elif movable is not None and np.any(movable[j]):
+            interior = np.asarray(movable[j], bool)
         if not interior.any() or not np.isfinite(plan[0, k]).all():
             continue
         p = plan[0, k] * size
@@ -163,24 +170,27 @@ def anchor_plan(plan: np.ndarray, masks: list[np.ndarray], prompt_index, window:
 class SimFirstFrameMasks:
     """Ground-truth part masks of an episode's first frame, from its task seed (the simulator oracle that plays
     the segmenter's role, as everywhere in simulation): resets its own task instance to ``info['task_seed']``.
+    ``movable(frame, info)`` gives, per prompt, the pixels of the bodies that can move (``Task.movable_slots``:
+    the drawer, not its case), for ``AnchoredPlanner(movable_fn=)``."""
 
-    ``movable_only`` (default) keeps only the bodies that can move (``Task.movable_slots``), i.e. the drawer and
-    not its case. Why: a generated x^0 keypoint snapped onto a static case is tracked on the case, never moves,
-    and its subgoals can never be reached: in 2 of 10 held-out drawer-open episodes the anchored handle keypoint
-    sat on the case (measured with a `cpu` relam policy that failed both: the drawer moved 7-8 cm, its keypoint
-    0 px). With your own segmenter, prompt the part that moves (e.g. "drawer handle", not "drawer unit")."""
-
-    def __init__(self, task: str, image_size: int = 128, movable_only: bool = True):
+    def __init__(self, task: str, image_size: int = 128):
         self.task = make_task(task, image_size=image_size)
         self.prompts = list(self.task.spec.prompts)
-        self.movable_only = movable_only
+        self._seg = (None, None)   # (task seed, segmentation) of the last call
+
+    def _segmentation(self, info):
+        seed = required_task_seed(info, "SimFirstFrameMasks")
+        if self._seg[0] != seed:
+            self.task.reset(seed)
+            self._seg = (seed, self.task.segmentation())
+        return self._seg[1]
 
     def __call__(self, frame, info: dict | None) -> list[np.ndarray]:
-        self.task.reset(required_task_seed(info, "SimFirstFrameMasks"))
-        if not self.movable_only:
-            masks = self.task.masks(self.prompts)
-            return [masks[p] for p in self.prompts]
-        seg = self.task.segmentation()
+        seg = self._segmentation(info)
+        return [np.isin(seg, self.task.prompt_slots(p)) for p in self.prompts]
+
+    def movable(self, frame, info: dict | None) -> list[np.ndarray]:
+        seg = self._segmentation(info)
         return [np.isin(seg, self.task.movable_slots(p)) for p in self.prompts]
 
     def close(self):
@@ -213,12 +223,18 @@ class AnchoredPlanner:
     having hooked the handle, and the handle's keypoint stays 16 px short: the 2-D subgoal does not say how
     deep the hand must be.
 
+    ``movable_fn`` (optional, same signature): the pixels of each part that can move; x^0 keypoints must end on
+    them (``anchor_plan(movable=)``). Why: with the whole "green drawer" mask (the static case is 87 % of its
+    pixels) the anchored handle keypoint sat on the case in 2 of 10 held-out drawer-open episodes, was tracked on
+    the case and never moved, so its subgoals could not be reached (a `cpu` relam policy failed both, the drawer
+    moved 7-8 cm, the keypoint 0 px). With your own segmenter, prompt the part that moves ("drawer handle").
+
     ``masks_fn(frame, info) -> [mask per prompt]``; for your own robot, e.g.
     ``lambda frame, info: [m for m in segmenter(frame, prompts).values()]``."""
 
     def __init__(self, planner, masks_fn, prompt_index, window: int = 5, reference: np.ndarray | None = None,
-                 replan: bool = False):
-        self.planner, self.masks_fn = planner, masks_fn
+                 replan: bool = False, movable_fn=None):
+        self.planner, self.masks_fn, self.movable_fn = planner, masks_fn, movable_fn
         self.prompt_index, self.window = np.asarray(prompt_index), window
         self.reference, self.replan = reference, replan
         self.num_keypoints = planner.num_keypoints
@@ -229,7 +245,9 @@ class AnchoredPlanner:
 
     def __call__(self, frame, info=None):
         plan = self.planner(frame, info)
-        plan = anchor_plan(plan, self.masks_fn(frame, info), self.prompt_index, self.window, self.reference)[0]
+        movable = self.movable_fn(frame, info) if self.movable_fn is not None else None
+        plan = anchor_plan(plan, self.masks_fn(frame, info), self.prompt_index, self.window, self.reference,
+                           movable)[0]
         return self.planner(frame, info, x0=plan[0]) if self.replan else plan
 
     def close(self):

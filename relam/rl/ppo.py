@@ -104,11 +104,12 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         planner = ModelPlanner(ckpt, task)
         if cfg.perception.anchor_generated_x0:
             kp = cfg.perception.keypoints
-            masks = SimFirstFrameMasks(task, cfg.env.image_size, cfg.perception.anchor_movable_only)
+            masks = SimFirstFrameMasks(task, cfg.env.image_size)
             centroid = cfg.perception.x0_anchor == "centroid"
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
                                       reference=demo_centroids(cfg, task, masks) if centroid else None,
-                                      replan=centroid)
+                                      replan=centroid,
+                                      movable_fn=masks.movable if cfg.perception.anchor_movable_only else None)
         return CachedPlanner(planner)
     if method == "relam-gt":
         pc = cfg.perception
