@@ -39,18 +39,23 @@ def test_relabel_dataset_is_consistent_with_the_reward(tmp_path):
     assert relabel_dataset(cfg, "PushCube", "relam-gt", progress=False) == path and path.stat().st_mtime_ns == mtime
 
 
+def _smoke_iql_run(tmp_path, n: int = 1, **iql):
+    """A tiny offline PushCube dataset (n expert + n noisy) and one relam-gt run on it: (cfg, results, run dir)."""
+    from relam.data.demos import collect_offline
+    from relam.rl.iql import train_run
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": n, "n_noisy": n},
+                                "iql": {"eval_every_epochs": 1, "eval_episodes": 1, **iql}})
+    collect_offline(cfg, "PushCube", progress=False)
+    return cfg, train_run(cfg, "PushCube", "relam-gt", 0), cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
+
+
 def test_iql_smoke_fit_writes_a_checkpoint_that_loads_and_evaluates(tmp_path):
     import d3rlpy
 
-    from relam.data.demos import collect_offline
     from relam.rl.iql import flat_observation, train_run
 
-    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": 1, "n_noisy": 1},
-                                "iql": {"epochs": 2, "steps_per_epoch": 20, "eval_every_epochs": 1,
-                                        "eval_episodes": 1}})
-    collect_offline(cfg, "PushCube", progress=False)
-    res = train_run(cfg, "PushCube", "relam-gt", 0)
-    rd = cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
+    cfg, res, rd = _smoke_iql_run(tmp_path, epochs=2, steps_per_epoch=20)
     for name in ("config.json", "train.csv", "eval.csv", "checkpoint.d3", "model.d3", "results.json"):
         assert (rd / name).exists(), name
     assert res["steps"] == 40 and 0 <= res["success_rate"] <= 1 and len(res["evals"]) == 2
@@ -80,16 +85,10 @@ def test_downscale_block_averages_channels_first():
 def test_iql_pixel_policy_smoke_fit_and_evaluation(tmp_path):
     import d3rlpy
 
-    from relam.data.demos import collect_offline
-    from relam.rl.iql import downscale, flat_observation, train_run
+    from relam.rl.iql import downscale, flat_observation
 
-    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": 1, "n_noisy": 1},
-                                "iql": {"epochs": 1, "steps_per_epoch": 10, "eval_every_epochs": 1,
-                                        "eval_episodes": 1, "observation": "pixels", "image_size": 64}})
-    collect_offline(cfg, "PushCube", progress=False)
-    res = train_run(cfg, "PushCube", "relam-gt", 0)
+    _, res, rd = _smoke_iql_run(tmp_path, epochs=1, steps_per_epoch=10, observation="pixels", image_size=64)
     assert res["final_eval"]["episodes"] == 1 and res["steps"] == 10
-    rd = cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
     assert json.loads((rd / "config.json").read_text())["iql"]["observation"] == "pixels"
     algo = d3rlpy.load_learnable(str(rd / "model.d3"), device="cpu:0")
     x = np.concatenate([downscale(np.zeros((128, 128, 3), np.uint8), 64),
@@ -146,17 +145,12 @@ def test_keep_mask_keeps_whole_trajectories_with_the_highest_return(tmp_path):
 def test_filtered_bc_learner_clones_the_best_trajectories_and_records_them(tmp_path):
     import d3rlpy
 
-    from relam.data.demos import collect_offline
     from relam.rl.iql import flat_observation, train_run
 
-    cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": 2, "n_noisy": 2},
-                                "iql": {"epochs": 1, "steps_per_epoch": 20, "eval_every_epochs": 1,
-                                        "eval_episodes": 1, "learner": "filtered-bc", "keep_fraction": 0.5}})
-    collect_offline(cfg, "PushCube", progress=False)
-    res = train_run(cfg, "PushCube", "relam-gt", 0)
+    cfg, res, rd = _smoke_iql_run(tmp_path, n=2, epochs=1, steps_per_epoch=20, learner="filtered-bc",
+                                  keep_fraction=0.5)
     assert res["learner"] == "filtered-bc" and res["final_eval"]["episodes"] == 1
     assert res["dataset"]["episodes"] == 4 and res["dataset"]["episodes_kept"] == 2
-    rd = cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
     saved = json.loads((rd / "config.json").read_text())["iql"]
     assert saved["learner"] == "filtered-bc" and "expectile" not in saved
     algo = d3rlpy.load_learnable(str(rd / "model.d3"), device="cpu:0")
