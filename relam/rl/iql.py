@@ -208,7 +208,7 @@ def keep_mask(npz_path: Path | str, reward_key: str, fraction: float, success_bo
     """Learner 'filtered-bc': per transition, whether its trajectory's return (undiscounted sum of the method's
     reward) is among the top ``fraction`` of trajectories (ties broken by trajectory index). Why this learner
     exists: IQL on these small datasets behaves like cloning ALL the data (README, stage 06), while the relabelled
-    returns do rank the trajectories: the top half is 86-98 % expert trajectories on the ``cpu`` data."""
+    returns do rank the trajectories: the top half is 84-98 % expert trajectories on the ``cpu`` data."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"iql.keep_fraction {fraction} must be in (0, 1]: the share of trajectories to clone")
     with np.load(npz_path) as d:
