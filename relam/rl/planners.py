@@ -186,8 +186,8 @@ class SimFirstFrameMasks:
         return self._seg[1]
 
     def __call__(self, frame, info: dict | None) -> list[np.ndarray]:
-        seg = self._segmentation(info)
-        return [np.isin(seg, self.task.prompt_slots(p)) for p in self.prompts]
+        masks = self.task.masks(self.prompts, seg=self._segmentation(info))
+        return [masks[p] for p in self.prompts]
 
     def movable(self, frame, info: dict | None) -> list[np.ndarray]:
         seg = self._segmentation(info)
