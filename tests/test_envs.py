@@ -190,3 +190,24 @@ def test_no_usable_vulkan_device_is_a_clear_error():
     assert out.returncode != 0
     assert "VulkanUnavailableError" in out.stderr
     assert "no usable Vulkan device" in out.stderr and "scripts/bootstrap.sh" in out.stderr
+
+
+def test_per_step_tracking_matches_full_projection_and_loses_points_behind_the_camera():
+    """``track_frames`` (plain-Python per-step path) against ``track`` (quaternions, vectorised) on a synthetic
+    pinhole camera: same pixels for a moved and rotated body, NaN once the body's points are behind the camera."""
+    from relam.envs.camera import CameraParams, quat_wxyz_to_matrix
+    from relam.envs.tracking import GroundTruthTracker
+    cam = CameraParams(np.array([[100.0, 0, 64], [0, 100.0, 64], [0, 0, 1]]), np.hstack([np.eye(3), np.zeros((3, 1))]),
+                       128, 128)
+    seg0 = np.zeros((128, 128), np.int64)
+    seg0[:, 64:] = 1                                             # right half: body 1, left half: static background
+    identity = [0, 0, 0, 1, 0, 0, 0]
+    queries = np.array([[10.5, 20.5], [100.5, 30.5], [80.5, 120.5]])
+    tracker = GroundTruthTracker(queries, np.full((128, 128), 2.0), seg0, cam, np.array([identity, identity]))
+    c, s = np.cos(np.pi / 12), np.sin(np.pi / 12)              # 30 degrees about the optical axis
+    for pose1, behind in (([0.1, -0.2, 0.3, c, 0, 0, s], False), ([0, 0, -5.0, 1, 0, 0, 0], True)):
+        poses = np.array([identity, pose1], np.float64)
+        fast = tracker.track_frames(poses[tracker.body, :3], quat_wxyz_to_matrix(poses[tracker.body, 3:]))
+        np.testing.assert_allclose(fast, tracker.track(poses), atol=1e-9)
+        np.testing.assert_allclose(fast[0], queries[0])          # the background point stays put
+        assert np.isnan(fast[1:]).all() == behind and not np.isnan(fast[0]).any()

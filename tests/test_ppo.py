@@ -257,3 +257,21 @@ def test_anchor_plan_moves_x0_off_a_static_part_and_nowhere_else():
     assert out[0, 0, 0] * 32 == 18.5 and out[0, 0, 1] == plan[0, 0, 1]   # nearest drawer pixel, same row
     np.testing.assert_allclose(out[1, 0] - out[0, 0], plan[1, 0] - plan[0, 0])   # its path moved along
     assert shift[0] == 8.0 and shift[1] == 0.0
+
+
+def test_linear_learning_rate_anneals_to_zero_and_enters_the_run_config_only_when_on(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import run_config
+    cfg = _tiny_cfg(tmp_path, lr_schedule="linear")
+    train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    model = PPO.load(rd / "model.zip", device="cpu")
+    # two updates (200 and 400 of 400 steps): the last one ran at lr * 0
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+    assert model.lr_schedule(0.25) == pytest.approx(0.25 * cfg.ppo.learning_rate)
+    assert run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]["lr_schedule"] == "linear"
+    cfg.ppo.lr_schedule = "constant"   # the default: absent, so runs made before the option stay current
+    assert "lr_schedule" not in run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]
+    cfg.ppo.lr_schedule = "cosine"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_run(cfg, "drawer-open", "relam-gt", 0)

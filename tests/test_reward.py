@@ -285,3 +285,20 @@ def test_part_weighting_without_parts_is_the_plain_mean_and_the_wrapper_warns():
 def test_part_weighting_enters_run_settings_only_when_on():
     assert "part_weighting" not in RewardConfig(part_weighting="keypoint").settings(False)
     assert RewardConfig(part_weighting="part").settings(True, 0.05)["part_weighting"] == "part"
+
+
+def test_wrapper_clips_keypoint_observations_and_survives_a_lost_point():
+    """The policy sees coordinates inside [COORD_LOW, COORD_HIGH]; a NaN point reads COORD_LOW in the observation,
+    and the reward stays finite (the stage machine holds the point's last finite position)."""
+    from relam.rl.env import COORD_HIGH, COORD_LOW
+    wrapped, env = _point_wrapper()
+    wrapped.reset(seed=0)
+    readings = iter([[[np.nan, 16.0], [1000.0, -1000.0]], [[np.nan, np.nan], [16.0, 16.0]]])
+    wrapped.tracker.update = lambda frame: np.array(next(readings))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        obs, r, *_ = wrapped.step(np.zeros(2))
+    assert obs["keypoints"].dtype == np.float32
+    assert obs["keypoints"].tolist() == [COORD_LOW, 0.5, COORD_HIGH, COORD_LOW] and np.isfinite(r)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        obs, r, *_ = wrapped.step(np.zeros(2))
+    assert obs["keypoints"].tolist() == [COORD_LOW, COORD_LOW, 0.5, 0.5] and np.isfinite(r)

@@ -56,6 +56,8 @@ class PPOConfig:
     """Training initial states are drawn from this many task seeds; each is planned once (cached)."""
     learning_rate: float = 3e-4
     """Lost in the paper's text; ours."""
+    lr_schedule: str = "constant"
+    """'constant' or 'linear' (annealed to 0 at ``total_steps``, CleanRL's default); the paper's is lost."""
     n_steps: int = 2000
     """Rollout length per update (paper)."""
     batch_size: int = 64
@@ -269,6 +271,26 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
     return RunCallback()
 
 
+class LinearLR:
+    """SB3 learning-rate schedule: ``lr`` times the share of the run still to go (a class, not a lambda, so the
+    checkpoint pickles it plainly and a resumed run continues the same line)."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.lr * progress_remaining
+
+
+def learning_rate(p: PPOConfig):
+    """The ``learning_rate`` argument of SB3's PPO for ``p.lr_schedule``."""
+    if p.lr_schedule == "constant":
+        return p.learning_rate
+    if p.lr_schedule == "linear":
+        return LinearLR(p.learning_rate)
+    raise ValueError(f"unknown ppo.lr_schedule {p.lr_schedule!r}; choose 'constant' or 'linear'")
+
+
 def save_checkpoint(run_dir: Path, model, state: dict) -> None:
     """Model, reward-normaliser statistics and evaluation history, each written atomically."""
     with atomic_path(run_dir / "checkpoint.zip") as tmp:
@@ -285,8 +307,10 @@ def save_checkpoint(run_dir: Path, model, state: dict) -> None:
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
     p = cfg.ppo
-    return {"task": task, "method": method, "seed": seed,
-            "ppo": asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
+    ppo = asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
+    if ppo["lr_schedule"] == "constant":   # added later: absent at its original value, so older runs stay current
+        del ppo["lr_schedule"]
+    return {"task": task, "method": method, "seed": seed, "ppo": ppo,
             "reward": reward_setting(cfg, task, method == "relam", p.anticipation_run),
             **plan_setting(cfg, task, method, p.anticipation_run),
             **perception_setting(cfg), "image_size": cfg.env.image_size, "profile": cfg.profile}
@@ -299,6 +323,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     torch.set_num_threads(cfg.torch_threads)
+    lr = learning_rate(cfg.ppo)           # a bad schedule name fails before anything is written
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip"),
@@ -334,7 +359,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     else:
         for name in ("train.csv", "eval.csv"):
             (run_dir / name).unlink(missing_ok=True)
-        model = PPO("MultiInputPolicy", venv, learning_rate=p.learning_rate, n_steps=p.n_steps,
+        model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
                     clip_range=p.clip_range, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
                     policy_kwargs=policy_kwargs(p), seed=seed, device="cpu", verbose=0)
