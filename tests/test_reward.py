@@ -302,3 +302,18 @@ def test_wrapper_clips_keypoint_observations_and_survives_a_lost_point():
     with pytest.warns(RuntimeWarning, match="non-finite"):
         obs, r, *_ = wrapped.step(np.zeros(2))
     assert obs["keypoints"].tolist() == [COORD_LOW, COORD_LOW, 0.5, 0.5] and np.isfinite(r)
+
+
+def test_stage_machine_distances_match_the_vectorised_eq3():
+    """The stage machine's per-step distances (plain Python) equal ``keypoint_distance`` with the part weights."""
+    from relam.reward import keypoint_distance, keypoint_weights
+    rng = np.random.default_rng(0)
+    plan = rng.uniform(0, 1, (3, 4, 2))
+    cfg = RewardConfig(delta=1e-6)                       # never advances: every step measures against g^1
+    m = StageMachine(plan, cfg, parts=[0, 0, 0, 1])
+    w = np.array(keypoint_weights(cfg, [0, 0, 0, 1], 4))
+    for _ in range(5):
+        pts = rng.uniform(-0.5, 1.5, (4, 2))
+        d = keypoint_distance(pts, plan[1])
+        s = m.step(pts)
+        assert s.distance == pytest.approx(float(w @ d)) and s.max_distance == pytest.approx(float(d.max()))

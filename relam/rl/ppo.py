@@ -57,7 +57,10 @@ class PPOConfig:
     learning_rate: float = 3e-4
     """Lost in the paper's text; ours."""
     lr_schedule: str = "constant"
-    """'constant' or 'linear' (annealed to 0 at ``total_steps``, CleanRL's default); the paper's is lost."""
+    """'constant' or 'linear' (annealed to 0 at ``total_steps``, CleanRL's default); the paper's is lost. Measured at
+    ``cpu`` (relam, 3 seeds, 50 held-out states): 'linear' steadies drawer-open (64.0 -> 81.3 %) but door-open, which
+    learns after ~100k steps, fell 80 / 80 -> 0 / 0 % and button-press-wall 100 -> 82.7 %, so 'constant' stays.
+    A finished 'linear' run extended to a larger budget resumes on the new line (its rate jumps back up)."""
     n_steps: int = 2000
     """Rollout length per update (paper)."""
     batch_size: int = 64
