@@ -1,7 +1,9 @@
-"""Atomic file writes: finished results are never left half-written (temp file + rename)."""
+"""Run files: atomic writes (finished results are never left half-written: temp file + rename), and the run-config
+dicts that stay the same when an option is added at its old behaviour."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from pathlib import Path
 
@@ -46,3 +48,17 @@ def truncate_csv_rows(path: Path | str, max_key: float) -> None:
     lines = path.read_text().splitlines()
     keep = lines[:1] + [ln for ln in lines[1:] if float(ln.split(",")[0]) <= max_key]
     atomic_write_text(path, "\n".join(keep) + "\n")
+
+
+def without_options_off(d: dict, options: dict) -> dict:
+    """A copy of config dict ``d`` less the entries of ``options`` ({key path (tuple): 'off' value}) that hold their
+    'off' value. For options added after runs were made: at their old behaviour they are absent from a run's saved
+    config, so those runs stay current."""
+    d = copy.deepcopy(d)
+    for path, off in options.items():
+        parent = d
+        for key in path[:-1]:
+            parent = parent[key]
+        if parent.get(path[-1], off) == off:
+            parent.pop(path[-1], None)
+    return d

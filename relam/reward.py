@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from relam.io import without_options_off
+
 REWARD_FUNCTIONS = ("piecewise", "linear", "exponential", "logistic")
 
 
@@ -115,9 +117,7 @@ class RewardConfig:
         """The resolved config as saved beside runs and relabelled data (defines whether they are up to date)."""
         d = asdict(self.for_plan(generated, plan_error))
         del d["delta_generated"], d["delta_generated_max"]   # resolved into delta
-        if d["part_weighting"] == "keypoint":   # added later: absent at its original value, so older runs stay current
-            del d["part_weighting"]
-        return d
+        return without_options_off(d, {("part_weighting",): "keypoint"})   # added later: older runs stay current
 
 
 def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from relam.config import Config
 from relam.data.rollout import expert_policy, rollout
 from relam.data.store import EpisodeWriter, read_attrs
 from relam.envs import make_task, task_spec
+from relam.io import without_options_off
 
 
 class ExpertFailedError(RuntimeError):
@@ -96,9 +97,7 @@ def collect_offline(cfg: Config, task: str, progress: bool = True) -> dict:
     off = cfg.offline
     path = offline_path(cfg, task)
     params = dataclasses.replace(DEFAULT_NOISE, **off.noise)
-    noise = asdict(params)
-    if noise["random_scale"] == 1.0:   # added later: absent at its original value, so older datasets stay current
-        del noise["random_scale"]
+    noise = without_options_off(asdict(params), {("random_scale",): 1.0})   # added later: older datasets stay current
     settings = {**_demo_settings(cfg, task), "n_requested": off.n_expert + off.n_noisy,
                 "n_expert": off.n_expert, "n_noisy": off.n_noisy, "seed_offset": off.seed_offset,
                 "noise_params": noise}

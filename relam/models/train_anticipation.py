@@ -14,7 +14,6 @@ Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from relam.io import atomic_path, atomic_write_text
+from relam.io import atomic_path, atomic_write_text, without_options_off
 from relam.models.anticipation import AnticipationModel, AnticipationModelConfig, check_num_keypoints
 from relam.models.encoders import FeatureCache
 
@@ -266,21 +265,9 @@ IMAGE_READING_OPTIONS = {"lr": 1e-3, "x0_warmup_steps": 400, "split_x0_loss": Tr
                          "model": {"readout": True, "cnn_coords": True, "cnn_points": 16}}
 
 
-def _without_options_off(d: dict) -> dict:
-    """A config dict (``asdict`` form) less the ``OPTIONS_ADDED_OFF`` entries that hold their 'off' value."""
-    d = copy.deepcopy(d)
-    for path, off in OPTIONS_ADDED_OFF.items():
-        parent = d
-        for key in path[:-1]:
-            parent = parent[key]
-        if parent.get(path[-1], off) == off:
-            parent.pop(path[-1], None)
-    return d
-
-
 def run_config_json(cfg: AnticipationConfig, data: dict) -> str:
     """The text of a run's config.json: the config (less options at their 'off' value) and its data settings."""
-    return json.dumps(_without_options_off({**asdict(cfg), "data": data}), indent=2)
+    return json.dumps(without_options_off({**asdict(cfg), "data": data}, OPTIONS_ADDED_OFF), indent=2)
 
 
 def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: int, progress: bool = True,

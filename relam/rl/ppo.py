@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
+from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows, without_options_off
 from relam.reward import RewardConfig
 from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
@@ -274,6 +274,10 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
     return RunCallback()
 
 
+PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant"}
+"""Options added after runs were made, with their original behaviour: absent from run configs at that value."""
+
+
 class LinearLR:
     """SB3 learning-rate schedule: ``lr`` times the share of the run still to go (a class, not a lambda, so the
     checkpoint pickles it plainly and a resumed run continues the same line)."""
@@ -310,9 +314,8 @@ def save_checkpoint(run_dir: Path, model, state: dict) -> None:
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
     p = cfg.ppo
-    ppo = asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
-    if ppo["lr_schedule"] == "constant":   # added later: absent at its original value, so older runs stay current
-        del ppo["lr_schedule"]
+    ppo = without_options_off(asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
+                              PPO_OPTIONS_ADDED_OFF)
     return {"task": task, "method": method, "seed": seed, "ppo": ppo,
             "reward": reward_setting(cfg, task, method == "relam", p.anticipation_run),
             **plan_setting(cfg, task, method, p.anticipation_run),
