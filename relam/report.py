@@ -28,7 +28,9 @@ def expected_config(cfg, task: str, method: str, seed: int) -> dict | None:
 
 
 def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
-    """One row per run directory: task, method, seed, finished, final success / last-subgoal share, steps.
+    """One row per run directory: task, method, seed, finished, reported success / last-subgoal share (PPO: of the
+    checkpoint selected on validation states, ``ppo.validation_episodes``; else the final model), the final
+    model's success, the selected step, steps.
     With ``cfg``, a run whose config.json differs from what ``cfg`` asks for is marked ``stale`` and NOT finished
     (its numbers belong to other settings; rerunning the notebook redoes it)."""
     rows = []
@@ -46,11 +48,14 @@ def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
         if res.exists() and not stale:
             r = json.loads(res.read_text())
             row.update(success=r["success_rate"], last_subgoal=r["last_subgoal_rate"], steps=r["steps"],
+                       final_success=r.get("final_eval", {}).get("success_rate", r["success_rate"]),
+                       selected_step=r.get("selected_step", r["steps"]),
                        seconds=r.get("seconds_this_session"),
                        steps_per_second=r.get("steps_per_second", r.get("train_steps_per_second")))
         rows.append(row)
     return pd.DataFrame(rows, columns=["task", "method", "seed", "finished", "stale", "success", "last_subgoal",
-                                       "steps", "seconds", "steps_per_second", "dir"])
+                                       "final_success", "selected_step", "steps", "seconds", "steps_per_second",
+                                       "dir"])
 
 
 def eval_curves(out: Path | str, cfg=None) -> pd.DataFrame:
@@ -80,7 +85,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     g = done.groupby(["task", "method"])
     table = pd.DataFrame({
         "success %": 100 * g["success"].mean(), "success sd": 100 * g["success"].std(ddof=0),
-        "last subgoal %": 100 * g["last_subgoal"].mean(), "seeds": g["seed"].count(),
+        "last subgoal %": 100 * g["last_subgoal"].mean(), "final model success %": 100 * g["final_success"].mean(),
+        "seeds": g["seed"].count(),
         "steps": g["steps"].max(), "min / run": g["seconds"].mean() / 60, "steps/s": g["steps_per_second"].mean()})
     unfinished = runs[~runs["finished"]].groupby(["task", "method"])["seed"].apply(list)
     table["unfinished seeds"] = [unfinished.get(k, []) for k in table.index]
@@ -116,7 +122,8 @@ def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 
 
 def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] | None = None,
            tasks: list[str] = TABLE4_TASKS) -> pd.DataFrame:
-    """Long Table 4: one row per task x method that has runs. Success % of the final evaluation: mean over the
+    """Long Table 4: one row per task x method that has runs. Success % of each run's reported evaluation (the
+    checkpoint selected on validation states where the run selects, else the final one): mean over the
     FINISHED seeds with a 95 % bootstrap CI; ``expected_seeds`` (per task, or one list) says which seeds the
     profile asks for, and a cell with any of them unfinished or absent is flagged ``complete=False`` with the
     missing seeds listed; it is never silently averaged over fewer seeds."""

@@ -275,3 +275,40 @@ def test_linear_learning_rate_anneals_to_zero_and_enters_the_run_config_only_whe
     cfg.ppo.lr_schedule = "cosine"
     with pytest.raises(ValueError, match="lr_schedule"):
         train_run(cfg, "drawer-open", "relam-gt", 0)
+
+
+def test_selected_index_takes_the_best_validation_score_and_the_later_of_ties():
+    from relam.rl.ppo import selected_index
+    evals = [{"step": s, "validation_success_rate": v} for s, v in ((1, 0.2), (2, 0.6), (3, 0.6), (4, 0.4))]
+    assert selected_index(evals) == 2
+    assert selected_index([{"step": 1}, {"step": 2}]) == 1       # no validation: the final model
+    assert selected_index([{"step": 1, "validation_success_rate": 0.5}, {"step": 2}]) == 1   # last has none
+
+
+def test_run_reports_the_checkpoint_chosen_on_validation_states(tmp_path, monkeypatch):
+    """Validation scores are scripted (1.0 at step 200, 0.0 at 400): the run must report step 200's evaluation,
+    keep its weights in selected.zip and the final weights in model.zip."""
+    from stable_baselines3 import PPO
+    import relam.rl.ppo as ppo
+    from relam.rl.runs import EVAL_SEED_OFFSET, VALIDATION_SEED_OFFSET
+
+    real, offsets, scripted = ppo.evaluate, [], iter([1.0, 0.0])
+
+    def evaluate(model, env, episodes, **kwargs):
+        offsets.append(kwargs.get("seed_offset", EVAL_SEED_OFFSET))
+        res = real(model, env, episodes, **kwargs)
+        return res | {"success_rate": next(scripted)} if "seed_offset" in kwargs else res
+
+    monkeypatch.setattr(ppo, "evaluate", evaluate)
+    cfg = _tiny_cfg(tmp_path, validation_episodes=1)
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert offsets == [EVAL_SEED_OFFSET, VALIDATION_SEED_OFFSET] * 2
+    assert [e["validation_success_rate"] for e in res["evals"]] == [1.0, 0.0]
+    assert res["selected_step"] == 200 and res["selected_eval"] == res["evals"][0]
+    assert res["success_rate"] == res["evals"][0]["success_rate"] and res["final_eval"] == res["evals"][1]
+    assert PPO.load(rd / "selected.zip", device="cpu").num_timesteps == 200
+    assert PPO.load(rd / "model.zip", device="cpu").num_timesteps == 400
+    assert "validation_success_rate" in (rd / "eval.csv").read_text().splitlines()[0]
+    cfg.ppo.validation_episodes = 0   # off: absent from the run config, so runs made before the option stay current
+    assert "validation_episodes" not in ppo.run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]

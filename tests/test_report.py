@@ -154,3 +154,16 @@ def test_anchoring_on_movable_parts_defines_generated_plan_runs_only(tmp_path):
     assert "anchor_movable_only" not in run_config(whole, "drawer-open", "relam", 0)
     assert run_config(movable, "drawer-open", "relam", 0)["anchor_movable_only"] is True
     assert run_config(whole, "drawer-open", "relam-gt", 0) == run_config(movable, "drawer-open", "relam-gt", 0)
+
+
+def test_find_runs_reports_the_selected_checkpoint_beside_the_final_model(tmp_path):
+    rd = tmp_path / "runs" / "drawer-open" / "relam" / "seed0"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text("{}")
+    (rd / "results.json").write_text(json.dumps({
+        "success_rate": 0.9, "last_subgoal_rate": 0.2, "steps": 300, "selected_step": 100,
+        "final_eval": {"step": 300, "success_rate": 0.4}}))
+    _run(tmp_path, "drawer-open", "relam", 1, 0.6)   # made before selection existed: final = reported
+    runs = find_runs(tmp_path).set_index("seed")
+    assert runs.loc[0, "success"] == 0.9 and runs.loc[0, "final_success"] == 0.4 and runs.loc[0, "selected_step"] == 100
+    assert runs.loc[1, "final_success"] == 0.6 and runs.loc[1, "selected_step"] == 100

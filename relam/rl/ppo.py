@@ -14,7 +14,8 @@ A run lives in ``results/<profile>/runs/<task>/<method>/seed<k>/``: ``config.jso
 training episodes' success and last-subgoal shares, return, length, fps), ``eval.csv`` (every ``eval_every``
 steps: simulator success share and last-subgoal share over ``eval_episodes`` held-out initial states),
 TensorBoard events under ``tb/``, ``checkpoint.zip`` + ``vecnormalize.pkl`` (atomic, at every evaluation; a rerun
-resumes from them) and, when finished, ``model.zip`` and ``results.json``. A finished run with the same config
+resumes from them), ``selected.zip`` (the checkpoint chosen on validation states, ``validation_episodes``) and,
+when finished, ``model.zip`` (the final model) and ``results.json``. A finished run with the same config
 is skipped.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows, without_options_off
 from relam.reward import RewardConfig
-from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
+from relam.rl.runs import VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
 METHODS = ("relam", "relam-gt")
 TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
@@ -89,6 +90,13 @@ class PPOConfig:
     """Evaluate (and checkpoint) every this many environment steps."""
     eval_episodes: int = 10
     """Deterministic evaluation episodes, each from a different held-out initial state."""
+    validation_episodes: int = 20
+    """Checkpoint selection (ours; the paper reports final policies). At every evaluation the policy also plays
+    this many VALIDATION initial states (task seeds 3_000_000+, disjoint from the training pool and from the
+    evaluation states); the run's result is the evaluation of the checkpoint that scored best on them (ties: the
+    later), saved as ``selected.zip``. 0: off, the result is the final model's. Why: at ``cpu``, drawer-open
+    policies peak and then slip (a seed at 100 % from 45k to 60k steps ends at 50 %). It costs
+    ``validation_episodes`` x (number of evaluations) episodes, ~15 % more env steps at ``cpu``."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
 
@@ -219,9 +227,30 @@ def reward_setting(cfg, task: str, generated: bool, anticipation_run: str) -> di
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
-def evaluate(model, env, episodes: int) -> dict:
+def evaluate(model, env, episodes: int, **kwargs) -> dict:
     """Deterministic PPO policy on held-out initial states (``relam.rl.runs.evaluate_policy``)."""
-    return evaluate_policy(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes)
+    return evaluate_policy(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes, **kwargs)
+
+
+def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict:
+    """One evaluation (plus validation, if on) of the current model: appended to ``state['evals']`` and eval.csv.
+    Call ``save_checkpoint`` after it: the checkpoint, then the selection, follow the evaluation history."""
+    res = evaluate(model, env, p.eval_episodes)
+    if p.validation_episodes > 0:
+        val = evaluate(model, env, p.validation_episodes, seed_offset=VALIDATION_SEED_OFFSET)
+        res |= {"validation_success_rate": val["success_rate"],
+                "validation_last_subgoal_rate": val["last_subgoal_rate"]}
+    state["evals"].append({"step": model.num_timesteps, **res})
+    append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
+    return res
+
+
+def selected_index(evals: list[dict]) -> int:
+    """The evaluation whose checkpoint the run reports: best validation success, ties to the later one; the last
+    evaluation when there was no validation."""
+    if not evals or "validation_success_rate" not in evals[-1]:
+        return len(evals) - 1
+    return max(range(len(evals)), key=lambda i: (evals[i].get("validation_success_rate", -1.0), i))
 
 
 def _callback(run_dir: Path, eval_env, cfg, state: dict):
@@ -262,11 +291,10 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
                 self.logger.record("rollout/last_subgoal_rate", row[3])
 
         def _evaluate(self):
-            res = evaluate(self.model, eval_env, cfg.ppo.eval_episodes)
-            state["evals"].append({"step": self.num_timesteps, **res})
-            append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [self.num_timesteps] + list(res.values()))
-            self.logger.record("eval/success_rate", res["success_rate"])
-            self.logger.record("eval/last_subgoal_rate", res["last_subgoal_rate"])
+            res = evaluate_point(self.model, eval_env, run_dir, cfg.ppo, state)
+            for key in ("success_rate", "last_subgoal_rate", "validation_success_rate"):
+                if key in res:
+                    self.logger.record(f"eval/{key}", res[key])
             save_checkpoint(run_dir, self.model, state)
             if state.get("progress") is not None:
                 state["progress"](self.num_timesteps, res)
@@ -274,7 +302,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
     return RunCallback()
 
 
-PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant"}
+PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
@@ -299,9 +327,17 @@ def learning_rate(p: PPOConfig):
 
 
 def save_checkpoint(run_dir: Path, model, state: dict) -> None:
-    """Model, reward-normaliser statistics and evaluation history, each written atomically."""
+    """Model, reward-normaliser statistics and evaluation history, each written atomically; the model is also
+    copied to ``selected.zip`` when its evaluation is the selected one so far (``selected_index``). (A crash
+    between these writes can leave ``selected.zip`` one evaluation ahead of the history in state.json; the
+    results then still name the selected step, from the history.)"""
     with atomic_path(run_dir / "checkpoint.zip") as tmp:
         model.save(tmp)  # SB3 adds ".zip" only to suffix-less paths; the temporary name has a suffix
+    evals = state["evals"]
+    if evals and "validation_success_rate" in evals[-1] and evals[-1]["step"] == model.num_timesteps \
+            and selected_index(evals) == len(evals) - 1:
+        with atomic_path(run_dir / "selected.zip") as tmp:
+            shutil.copyfile(run_dir / "checkpoint.zip", tmp)
     vn = model.get_vec_normalize_env()
     if vn is not None:
         with atomic_path(run_dir / "vecnormalize.pkl") as tmp:
@@ -332,7 +368,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     lr = learning_rate(cfg.ppo)           # a bad schedule name fails before anything is written
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
-                     ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip"),
+                     ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip",
+                      "selected.zip"),
                      budget=("ppo", "total_steps"), final_files=("model.zip",))
     if done is not None:
         return done
@@ -379,17 +416,17 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
         if remaining > 0:
             model.learn(remaining, callback=_callback(run_dir, eval_env, cfg, state), reset_num_timesteps=False)
         if not state["evals"] or state["evals"][-1]["step"] < model.num_timesteps:
-            res = evaluate(model, eval_env, p.eval_episodes)
-            state["evals"].append({"step": model.num_timesteps, **res})
-            append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
+            evaluate_point(model, eval_env, run_dir, p, state)
     seconds = time.perf_counter() - t0
     save_checkpoint(run_dir, model, state)
     with atomic_path(run_dir / "model.zip") as tmp:
         shutil.copyfile(run_dir / "checkpoint.zip", tmp)
     final = state["evals"][-1]
+    chosen = state["evals"][selected_index(state["evals"])]
     results = {"task": task, "method": method, "seed": seed, "steps": int(model.num_timesteps),
-               "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],
-               "final_eval": final, "evals": state["evals"], "seconds_this_session": round(seconds, 1),
+               "success_rate": chosen["success_rate"], "last_subgoal_rate": chosen["last_subgoal_rate"],
+               "selected_step": chosen["step"], "selected_eval": chosen, "final_eval": final,
+               "evals": state["evals"], "seconds_this_session": round(seconds, 1),
                "steps_per_second": round((model.num_timesteps - start_step) / max(seconds, 1e-9), 1),
                "resumed": resumed, "policy": p.policy}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))

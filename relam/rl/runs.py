@@ -18,6 +18,7 @@ import numpy as np
 from relam.io import atomic_write_text
 
 EVAL_SEED_OFFSET = 1_000_000   # held-out initial states (demos use 0+, offline data 500_000+)
+VALIDATION_SEED_OFFSET = 3_000_000   # checkpoint selection (PPO training uses 2_000_000+)
 
 
 def run_dir_of(cfg, task: str, method: str, seed: int) -> Path:
