@@ -75,6 +75,12 @@ def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
         assert (rd / name).exists(), name
     assert any((rd / "tb").rglob("events.out.tfevents*"))
     assert res["steps"] == 400 and 0.0 <= res["success_rate"] <= 1.0 and 0.0 <= res["last_subgoal_rate"] <= 1.0
+    # the final evaluation is of the saved final model (not of the model before the run's last update)
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import evaluate, make_env, make_planner
+    final = evaluate(PPO.load(rd / "model.zip", device="cpu"),
+                     make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg), 1)
+    assert final["mean_return"] == pytest.approx(res["final_eval"]["mean_return"], rel=1e-6)
     evals = (rd / "eval.csv").read_text().splitlines()
     assert evals[0].startswith("step,success_rate,last_subgoal_rate") and len(evals) == 3  # steps 200, 400
     train_rows = (rd / "train.csv").read_text().splitlines()

@@ -269,7 +269,8 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
                 if "episode" in info:  # the Monitor's end-of-episode record: a real episode end
                     self.episodes.append((info.get("episode_success", False), info.get("reached_last", False),
                                           info["episode"]["r"], info["episode"]["l"]))
-            if self.num_timesteps >= self.next_eval:
+            # the last evaluation waits for the end of learn(): here it would see the model before its last update
+            if self.next_eval <= self.num_timesteps < cfg.ppo.total_steps:
                 self.next_eval += cfg.ppo.eval_every
                 self._evaluate()
             return True
