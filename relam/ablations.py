@@ -90,8 +90,8 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
 
 
 def compare(cfg: Config, names) -> pd.DataFrame:
-    """Success % (simulator flag, final evaluation; mean over finished seeds, with the per-seed values) and
-    last-subgoal % per task x method, for the profile's own runs and each named ablation."""
+    """Success % (simulator flag, each run's reported evaluation; mean over finished seeds, with the per-seed
+    values) and last-subgoal % per task x method, for the profile's own runs and each named ablation."""
     from relam.report import find_runs
 
     rows = []

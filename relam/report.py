@@ -197,7 +197,8 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     dest = Path(dest) if dest is not None else out
     long = table4(find_runs(out, cfg), expected_seeds)
     wide = table4_wide(long)
-    note = ("Success % of the final evaluation (simulator flag), mean over seeds [95 % bootstrap CI]. "
+    note = ("Success % of each run's reported evaluation (PPO: the checkpoint chosen on validation states; IQL: the "
+            "final one; simulator flag), mean over seeds [95 % bootstrap CI]. "
             "⚠ = seeds missing (unfinished, absent, or stale: run under other settings): averaged over the finished "
             "seeds only and flagged. paper = Table 4 of the paper.")
     md = f"{note}\n\n" + _markdown(wide) + "\n"

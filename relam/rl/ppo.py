@@ -95,8 +95,10 @@ class PPOConfig:
     this many VALIDATION initial states (task seeds 3_000_000+, disjoint from the training pool and from the
     evaluation states); the run's result is the evaluation of the checkpoint that scored best on them (ties: the
     later), saved as ``selected.zip``. 0: off, the result is the final model's. Why: at ``cpu``, drawer-open
-    policies peak and then slip (a seed at 100 % from 45k to 60k steps ends at 50 %). It costs
-    ``validation_episodes`` x (number of evaluations) episodes, ~15 % more env steps at ``cpu``."""
+    policies peak and then slip (a seed at 100 % from 45k to 60k steps ends at 50 %). Measured at ``cpu`` (3 seeds,
+    50 held-out states, selected vs final): drawer-open relam 82.7 vs 64.0 %, relam-gt 98.0 vs 95.3 %, door-open
+    relam-gt 32.0 vs 26.0 %; the final model was chosen in the other runs. It costs ``validation_episodes`` x
+    (number of evaluations) episodes, ~15 % more env steps at ``cpu``."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
 
