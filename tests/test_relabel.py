@@ -159,3 +159,34 @@ def test_filtered_bc_learner_clones_the_best_trajectories_and_records_them(tmp_p
     cfg.iql.learner = "bc"
     with pytest.raises(ValueError, match="iql.learner"):
         train_run(cfg, "PushCube", "relam-gt", 0)
+
+
+def test_awr_mc_learner_writes_a_resumable_run_whose_model_loads(tmp_path):
+    from relam.rl.iql import flat_observation, train_run
+    from relam.rl.mc_awr import load_policy
+
+    cfg, res, rd = _smoke_iql_run(tmp_path, n=2, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10)
+    assert res["learner"] == "awr-mc" and res["final_eval"]["episodes"] == 1 and res["steps"] == 20
+    assert 0.0 < res["dataset"]["noisy_weight_share"] < 1.0
+    assert (rd / "model.pt").exists() and not (rd / "model.d3").exists()
+    saved = json.loads((rd / "config.json").read_text())["iql"]
+    assert saved["learner"] == "awr-mc" and saved["mc_beta"] == 1.0 and saved["gamma"] == 0.99
+    assert "expectile" not in saved and "keep_fraction" not in saved
+    x = flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))[None]
+    assert load_policy(rd / "model.pt").predict(x).shape == (1, 4)
+    cfg.iql.epochs = 2                                  # a larger budget continues from epoch 1
+    longer = train_run(cfg, "PushCube", "relam-gt", 0)
+    assert longer["resumed"] and [e["epoch"] for e in longer["evals"]] == [1, 2]
+    cfg.iql.mc_beta = 3.0                               # another setting starts over
+    again = train_run(cfg, "PushCube", "relam-gt", 0)
+    assert not again["resumed"] and json.loads((rd / "config.json").read_text())["iql"]["mc_beta"] == 3.0
+
+
+def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):
+    from relam.rl.iql import run_config
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    iql = run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    assert "learner" not in iql and "mc_beta" not in iql and "value_steps" not in iql and iql["expectile"] == 0.7
+    cfg.iql.learner = "filtered-bc"
+    assert "mc_beta" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]

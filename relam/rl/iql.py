@@ -5,13 +5,15 @@ hyper-parameters: expectile, inverse temperature beta, soft target updates) is u
 
 Methods: ``relam`` (rewards relabelled with generated subgoals), ``relam-gt`` (ground-truth keypoint subgoals) and
 ``env-reward`` (the simulator's dense reward in ReLAM's form, ``env_reward_signal``; same observation, subgoals from
-the anticipation model). Learners: ``iql`` (the paper's, the default) and ``filtered-bc`` (ours, an option: clone
-the trajectories with the highest return under the method's reward; ``keep_mask``). Observation
+the anticipation model). Learners: ``iql`` (the paper's, the default), ``filtered-bc`` (ours, an option: clone
+the trajectories with the highest return under the method's reward; ``keep_mask``) and ``awr-mc`` (ours, an option:
+advantage-weighted cloning with Monte-Carlo returns, ``relam.rl.mc_awr``). Observation
 (keypoint-only variant, the CPU default): current keypoints, subgoal, their difference and proprioception, exactly
 the inputs of the PPO keypoint policy. Evaluation runs in the simulator with online planning and tracking (the
 ReLAM wrapper) and counts the simulator's success flag. Run directories as in ``relam.rl.ppo``:
 ``results/<profile>/runs/<task>/<method>/seed<k>/`` with config.json, train.csv (d3rlpy losses per epoch),
-eval.csv, checkpoint.d3 + state.json (every evaluation; a rerun resumes), model.d3 and results.json.
+eval.csv, checkpoint.d3 + state.json (every evaluation; a rerun resumes), model.d3 and results.json ('awr-mc':
+checkpoint.pt and model.pt, ``relam.rl.mc_awr.load_policy``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_cs
 from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
 METHODS = ("relam", "relam-gt", "env-reward")
-LEARNERS = ("iql", "filtered-bc")
+LEARNERS = ("iql", "filtered-bc", "awr-mc")
+IQL_ONLY = ("tau", "expectile", "temperature")   # settings of the TD learner, not of the cloning learners
+MC_ONLY = ("mc_beta", "value_steps")
 
 
 @dataclass
@@ -72,10 +76,16 @@ class IQLConfig:
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
     learner: str = "iql"
-    """'iql' (the paper's) or 'filtered-bc' (ours, an option: behaviour cloning of the trajectories whose return
-    under the method's reward is in the top ``keep_fraction``, the %BC of Chen et al. 2021; see ``keep_mask``)."""
+    """'iql' (the paper's), 'filtered-bc' (ours, an option: behaviour cloning of the trajectories whose return
+    under the method's reward is in the top ``keep_fraction``, the %BC of Chen et al. 2021; see ``keep_mask``) or
+    'awr-mc' (ours, an option: cloning weighted by Monte-Carlo advantages, ``relam.rl.mc_awr``; uses ``gamma``,
+    ``max_weight``, ``mc_beta``, ``value_steps``)."""
     keep_fraction: float = 0.5
     """'filtered-bc' only: share of trajectories kept, ranked by their return under the method's reward."""
+    mc_beta: float = 1.0
+    """'awr-mc' only: inverse temperature of the weights exp(beta * A / std(A)) (0 = plain cloning of all data)."""
+    value_steps: int = 5000
+    """'awr-mc' only: minibatches (of 256) regressing V on the Monte-Carlo returns before cloning starts."""
 
 
 def flat_observation(keypoints, subgoal, state) -> np.ndarray:
@@ -221,21 +231,30 @@ def keep_mask(npz_path: Path | str, reward_key: str, fraction: float, success_bo
     return np.isin(inverse, kept)
 
 
-def build_dataset(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
-                  success_bonus: float = 10.0, keep: np.ndarray | None = None):
-    """d3rlpy MDPDataset from a relabelled file (``relam.rl.relabel``); ``images`` (per transition, from
-    ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives ``env_reward_signal``.
-    ``keep`` (a transition mask of whole trajectories, ``keep_mask``) selects the transitions."""
-    import d3rlpy
+def transitions(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
+                success_bonus: float = 10.0, keep: np.ndarray | None = None) -> dict:
+    """The learners' arrays of a relabelled file (``relam.rl.relabel``): observations, actions, rewards,
+    terminals, timeouts, episode (trajectory id) and noisy (whether the trajectory is a noisy one). ``images``
+    (per transition, from ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives
+    ``env_reward_signal``. ``keep`` (a transition mask of whole trajectories, ``keep_mask``) selects the rows."""
     with np.load(npz_path) as d:
         obs = flat_observation(d["keypoints"], d["subgoal"], d["state"])
         if images is not None:
             obs = np.concatenate([images, obs], -1)
-        cols = [obs, d["action"], _rewards(d, reward_key, success_bonus), d["terminal"].astype(np.float32),
-                d["timeout"].astype(np.float32)]
-    if keep is not None:
-        cols = [c[keep] for c in cols]
-    obs, actions, rewards, terminals, timeouts = cols
+        episode = d["episode"] if "episode" in d else np.zeros(len(obs), int)
+        cols = {"observations": obs, "actions": d["action"], "rewards": _rewards(d, reward_key, success_bonus),
+                "terminals": d["terminal"].astype(np.float32), "timeouts": d["timeout"].astype(np.float32),
+                "episode": episode, "noisy": d["noisy"][episode] if "noisy" in d else np.zeros(len(obs), bool)}
+    return cols if keep is None else {k: v[keep] for k, v in cols.items()}
+
+
+def build_dataset(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
+                  success_bonus: float = 10.0, keep: np.ndarray | None = None):
+    """d3rlpy MDPDataset of ``transitions``."""
+    import d3rlpy
+    t = transitions(npz_path, reward_key, images, success_bonus, keep)
+    obs, actions, rewards, terminals, timeouts = (t[k] for k in
+                                                  ("observations", "actions", "rewards", "terminals", "timeouts"))
     return d3rlpy.dataset.MDPDataset(
         observations=obs, actions=actions, rewards=rewards, terminals=terminals, timeouts=timeouts,
         action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
@@ -277,10 +296,16 @@ def _iql_settings(c: IQLConfig) -> dict:
     d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
         del d["observation"], d["image_size"]
+    if c.learner != "awr-mc":          # runs made before that learner keep their config
+        for k in MC_ONLY:
+            del d[k]
     if c.learner == "iql":             # runs made before the learner option keep their config
         del d["learner"], d["keep_fraction"]
-    else:                              # IQL-only settings do not define a cloning run
-        for k in ("gamma", "tau", "expectile", "temperature", "max_weight"):
+    elif c.learner == "filtered-bc":   # IQL-only settings do not define a cloning run
+        for k in IQL_ONLY + ("gamma", "max_weight"):
+            del d[k]
+    else:
+        for k in IQL_ONLY + ("keep_fraction",):
             del d[k]
     return d
 
@@ -296,9 +321,65 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
             "profile": cfg.profile}
 
 
+class _D3Learner:
+    """A d3rlpy algorithm ('iql', 'filtered-bc') behind the interface ``train_run`` uses."""
+    ext = ".d3"
+
+    def __init__(self, c: IQLConfig, seed: int, data: dict, checkpoint: Path | None, progress: bool):
+        import d3rlpy
+        self.c, self.progress = c, progress
+        self.dataset = d3rlpy.dataset.MDPDataset(
+            observations=data["observations"], actions=data["actions"], rewards=data["rewards"],
+            terminals=data["terminals"], timeouts=data["timeouts"],
+            action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
+        self.algo = d3rlpy.load_learnable(str(checkpoint), device="cpu:0") if checkpoint else make_algo(c, seed)
+
+    def fit(self, epochs: int) -> list[dict]:
+        import d3rlpy
+        hist = self.algo.fit(self.dataset, n_steps=epochs * self.c.steps_per_epoch,
+                             n_steps_per_epoch=self.c.steps_per_epoch, show_progress=self.progress,
+                             save_interval=10 ** 9, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+        return [m for _, m in hist]
+
+    def predict(self, x):
+        return self.algo.predict(x)
+
+    def save(self, path):
+        self.algo.save(str(path))
+
+    def summary(self) -> dict:
+        return {}
+
+
+class _MCLearner:
+    """'awr-mc' (``relam.rl.mc_awr.MCAWR``) behind the same interface."""
+    ext = ".pt"
+
+    def __init__(self, c: IQLConfig, seed: int, data: dict, checkpoint: Path | None, progress: bool):
+        from relam.rl.mc_awr import MCAWR, mc_returns
+        self.c, self.noisy = c, data["noisy"]
+        self.algo = MCAWR(data["observations"], data["actions"], mc_returns(data["rewards"], data["episode"], c.gamma),
+                          hidden=c.hidden, learning_rate=c.learning_rate, batch_size=c.batch_size, beta=c.mc_beta,
+                          max_weight=c.max_weight, value_steps=c.value_steps,
+                          image_size=c.image_size if c.observation == "pixels" else None, seed=seed)
+        if checkpoint:
+            self.algo.load_state(checkpoint)
+
+    def fit(self, epochs: int) -> list[dict]:
+        return [self.algo.fit(self.c.steps_per_epoch) for _ in range(epochs)]
+
+    def predict(self, x):
+        return self.algo.predict(x)
+
+    def save(self, path):
+        self.algo.save(path)
+
+    def summary(self) -> dict:
+        return {"noisy_weight_share": self.algo.weight_share(self.noisy)}
+
+
 def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) -> dict:
     """Relabel (if needed), train (or resume, or skip) one IQL run and evaluate it in the simulator."""
-    import d3rlpy
     import torch
 
     from relam.rl.ppo import make_env, make_planner
@@ -308,10 +389,14 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     c = cfg.iql
     if c.learner not in LEARNERS:
         raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
+    if c.observation not in ("keypoints", "pixels"):
+        raise ValueError(f"unknown iql.observation {c.observation!r}; choose 'keypoints' or 'pixels'")
+    Learner = _MCLearner if c.learner == "awr-mc" else _D3Learner
     run_dir = run_dir_of(cfg, task, method, seed)
+    ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
-                     ("checkpoint.d3", "state.json", "train.csv", "eval.csv", "model.d3"),
-                     budget=("iql", "epochs"), final_files=("model.d3",))
+                     ("checkpoint.d3", "checkpoint.pt", "state.json", "train.csv", "eval.csv", "model.d3",
+                      "model.pt"), budget=("iql", "epochs"), final_files=("model.d3", "model.pt"))
     if done is not None:
         return done
 
@@ -323,47 +408,45 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
     keep = keep_mask(data_path, reward_key, c.keep_fraction, cfg.reward.success_bonus) \
         if c.learner == "filtered-bc" else None
-    dataset = build_dataset(data_path, reward_key, images, cfg.reward.success_bonus, keep)
+    data = transitions(data_path, reward_key, images, cfg.reward.success_bonus, keep)
     del images
-    if pixels:
+    if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
     env = make_env(task, planner, cfg, image_obs=pixels)
 
     state = {"epoch": 0, "evals": []}
-    if (run_dir / "checkpoint.d3").exists() and (run_dir / "state.json").exists():
-        algo = d3rlpy.load_learnable(str(run_dir / "checkpoint.d3"), device="cpu:0")
+    resume = ckpt_path.exists() and (run_dir / "state.json").exists()
+    if resume:
         state = json.loads((run_dir / "state.json").read_text())
         for name in ("train.csv", "eval.csv"):  # drop rows written after the checkpoint
             truncate_csv_rows(run_dir / name, state["epoch"])
     else:
-        algo = make_algo(c, seed)
         for name in ("train.csv", "eval.csv"):
             (run_dir / name).unlink(missing_ok=True)
     resumed = state["epoch"] > 0
+    learner = Learner(c, seed, data, ckpt_path if resume else None, progress)
+    del data
     t0 = time.perf_counter()
     steps_done = 0
     while state["epoch"] < c.epochs:
         n = min(c.eval_every_epochs, c.epochs - state["epoch"])
-        hist = algo.fit(dataset, n_steps=n * c.steps_per_epoch, n_steps_per_epoch=c.steps_per_epoch,
-                        show_progress=progress, save_interval=10 ** 9,
-                        logger_adapter=d3rlpy.logging.NoopAdapterFactory())
-        for i, (_, metrics) in enumerate(hist):
+        for i, metrics in enumerate(learner.fit(n)):
             append_csv_row(run_dir / "train.csv", ["epoch"] + sorted(metrics),
-                        [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
+                           [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
-        res = evaluate(algo, env, c.eval_episodes, c.image_size if pixels else None)
+        res = evaluate(learner, env, c.eval_episodes, c.image_size if pixels else None)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
-                    [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
-        with atomic_path(run_dir / "checkpoint.d3") as tmp:
-            algo.save(str(tmp))
+                       [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
+        with atomic_path(ckpt_path) as tmp:
+            learner.save(tmp)
         atomic_write_text(run_dir / "state.json", json.dumps(state))
     seconds = time.perf_counter() - t0
-    with atomic_path(run_dir / "model.d3") as tmp:  # the last checkpoint is the final model
-        shutil.copyfile(run_dir / "checkpoint.d3", tmp)
+    with atomic_path(model_path) as tmp:  # the last checkpoint is the final model
+        shutil.copyfile(ckpt_path, tmp)
     final = state["evals"][-1]
-    summary = dataset_summary(data_path, keep)
+    summary = dataset_summary(data_path, keep) | learner.summary()
     results = {"task": task, "method": method, "seed": seed, "algo": "iql", "learner": c.learner,
                "steps": c.epochs * c.steps_per_epoch,
                "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],

@@ -1,0 +1,182 @@
+"""Offline learner 'awr-mc' (ours, an option of ``relam.rl.iql``): advantage-weighted cloning with Monte-Carlo
+returns instead of IQL's TD critic.
+
+1. Every transition gets the discounted return of the rest of its OWN trajectory under the method's reward,
+   G_t = r_t + gamma * G_{t+1} (0 after the trajectory's last transition, also at a timeout: no bootstrapping).
+2. A value net V(s) is regressed on G by MSE (``value_steps`` minibatches), then frozen.
+3. A deterministic policy (MLP, tanh output) is cloned by MSE with per-transition weights
+   exp(beta * A / std(A)), A = G - V(s), clipped at ``max_weight`` (AWR, Peng et al. 2019, with the advantages of
+   the data's own returns).
+
+Why it exists (README, stage 06): on the 50 expert + 50 noisy trajectories IQL's TD critic gives the noisy
+half's lucky random jumps high advantages, so IQL behaves like cloning everything. Monte-Carlo returns score a
+transition by what its trajectory went on to do, which a random jump in a failing trajectory does not earn.
+Dividing A by its std makes beta independent of the reward's scale (the success bonus is 10, the step rewards
+are in [-1, 0]).
+
+The learner keeps what ``relam.rl.iql.train_run`` needs: ``fit(n_steps)``, ``predict(x)``, ``save(path)`` and
+``MCAWR.load(path)``, with the optimiser, the weights and the random state in the checkpoint, so a resumed run
+continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def mc_returns(rewards: np.ndarray, episode: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted return of the rest of each transition's trajectory. Rows of one trajectory must be contiguous
+    and in time order (as ``relam.rl.relabel`` writes them)."""
+    rewards, episode = np.asarray(rewards, np.float64), np.asarray(episode)
+    if len(rewards) != len(episode):
+        raise ValueError(f"{len(rewards)} rewards for {len(episode)} episode ids")
+    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+    if len(np.unique(episode)) != len(starts):
+        raise ValueError("the transitions of each trajectory must be contiguous (sort the dataset by episode, t)")
+    out = np.zeros_like(rewards)
+    for i in range(len(rewards) - 1, -1, -1):
+        last = i + 1 == len(rewards) or episode[i + 1] != episode[i]
+        out[i] = rewards[i] + (0.0 if last else gamma * out[i + 1])
+    return out.astype(np.float32)
+
+
+def advantage_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
+    """exp(beta * A / std(A)), clipped at ``max_weight``; beta 0 gives uniform weights (plain cloning)."""
+    std = adv.std().clamp_min(1e-8)
+    return torch.exp(beta * adv / std).clamp(max=max_weight)
+
+
+class _Net(nn.Module):
+    """MLP over the keypoint vector; with ``image_size`` the leading 3*size*size entries are an image (channels
+    first, ``relam.rl.iql.downscale``) that goes through the paper's 3-layer CNN, joined to the MLP's features."""
+
+    def __init__(self, obs_dim: int, out_dim: int, hidden: list[int], image_size: int | None = None):
+        super().__init__()
+        self.n_img = 0 if image_size is None else 3 * image_size * image_size
+        self.size = image_size
+        layers, d = [], obs_dim - self.n_img
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.mlp = nn.Sequential(*layers)
+        if image_size is not None:
+            from relam.rl.hrl import image_cnn
+            self.cnn = image_cnn(3, image_size, image_size, d)
+            d *= 2
+        self.head = nn.Linear(d, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mlp(x[:, self.n_img:])
+        if self.n_img:
+            h = torch.cat([h, self.cnn(x[:, :self.n_img].reshape(-1, 3, self.size, self.size))], -1)
+        return self.head(h)
+
+
+class MCAWR:
+    """Monte-Carlo advantage-weighted cloning on a fixed dataset (see the module docstring)."""
+
+    def __init__(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray, *, hidden=(256, 256),
+                 learning_rate: float = 3e-4, batch_size: int = 64, beta: float = 1.0, max_weight: float = 100.0,
+                 value_steps: int = 5000, value_batch_size: int = 256, image_size: int | None = None,
+                 seed: int = 0):
+        if not (len(obs) == len(actions) == len(returns)) or len(obs) == 0:
+            raise ValueError(f"awr-mc needs as many observations, actions and returns, > 0: got {len(obs)}, "
+                             f"{len(actions)}, {len(returns)}")
+        self.obs = torch.as_tensor(np.asarray(obs, np.float32))
+        self.actions = torch.as_tensor(np.clip(np.asarray(actions, np.float32), -1.0, 1.0))
+        self.returns = torch.as_tensor(np.asarray(returns, np.float32))
+        self.settings = dict(hidden=list(hidden), learning_rate=learning_rate, batch_size=batch_size, beta=beta,
+                             max_weight=max_weight, value_steps=value_steps, value_batch_size=value_batch_size,
+                             image_size=image_size, seed=seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)   # initial weights
+        dim = self.obs.shape[1]
+        self.value = _Net(dim, 1, list(hidden), image_size)
+        self.policy = _Net(dim, self.actions.shape[1], list(hidden), image_size)
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
+        self.weights: torch.Tensor | None = None
+        self.value_loss = float("nan")
+        self.steps = 0
+
+    def _batch(self, n: int) -> torch.Tensor:
+        return torch.randint(len(self.obs), (n,), generator=self.gen)
+
+    def fit_value(self) -> None:
+        """Regress V on the Monte-Carlo returns, then fix the cloning weights."""
+        s = self.settings
+        opt = torch.optim.Adam(self.value.parameters(), lr=s["learning_rate"])
+        for _ in range(s["value_steps"]):
+            i = self._batch(s["value_batch_size"])
+            loss = ((self.value(self.obs[i]).squeeze(-1) - self.returns[i]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            self.value_loss = loss.item()
+        with torch.no_grad():
+            v = torch.cat([self.value(self.obs[j:j + 4096]).squeeze(-1) for j in range(0, len(self.obs), 4096)])
+        self.weights = advantage_weights(self.returns - v, s["beta"], s["max_weight"])
+
+    def fit(self, n_steps: int) -> dict:
+        """``n_steps`` weighted-cloning minibatches (the value net is fitted first if it is not yet); returns the
+        mean loss over them and the value loss."""
+        if self.weights is None:
+            self.fit_value()
+        total = 0.0
+        for _ in range(n_steps):
+            i = self._batch(self.settings["batch_size"])
+            w = self.weights[i]
+            err = ((torch.tanh(self.policy(self.obs[i])) - self.actions[i]) ** 2).sum(-1)
+            loss = (w * err).mean() / w.mean()   # normalised so the step size does not follow the weights' scale
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            total += loss.item()
+        self.steps += n_steps
+        return {"actor_loss": total / max(n_steps, 1), "value_loss": self.value_loss}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Greedy actions for a batch of observations (B, D) -> (B, action_dim), in [-1, 1]."""
+        return _greedy(self.policy, x)
+
+    def weight_share(self, mask: np.ndarray) -> float:
+        """Share of the total cloning weight on the transitions of ``mask`` (e.g. the noisy trajectories)."""
+        w = self.weights.numpy()
+        return float(w[np.asarray(mask, bool)].sum() / w.sum())
+
+    def save(self, path) -> None:
+        torch.save({"settings": self.settings, "policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                    "opt": self.opt.state_dict(), "weights": self.weights, "value_loss": self.value_loss,
+                    "steps": self.steps, "gen": self.gen.get_state()}, path)
+
+    def load_state(self, path) -> "MCAWR":
+        """Continue from a checkpoint of a learner with the same settings (the dataset is the caller's)."""
+        ck = torch.load(path, weights_only=False)
+        if ck["settings"] != self.settings:
+            raise ValueError(f"{path} was saved with awr-mc settings {ck['settings']}, not {self.settings}: "
+                             "delete it to start over")
+        self.policy.load_state_dict(ck["policy"])
+        self.value.load_state_dict(ck["value"])
+        self.opt.load_state_dict(ck["opt"])
+        self.weights, self.value_loss, self.steps = ck["weights"], ck["value_loss"], ck["steps"]
+        self.gen.set_state(ck["gen"])
+        return self
+
+
+def load_policy(path):
+    """A saved 'awr-mc' model as a callable ``predict(x)`` object, without its dataset."""
+    ck = torch.load(path, weights_only=False)
+    s, w = ck["settings"], ck["policy"]
+    n_img = 0 if s["image_size"] is None else 3 * s["image_size"] ** 2
+    net = _Net(w["mlp.0.weight"].shape[1] + n_img, w["head.weight"].shape[0], s["hidden"], s["image_size"])
+    net.load_state_dict(w)
+
+    class Policy:
+        def predict(self, x):
+            return _greedy(net, x)
+    return Policy()
+
+
+def _greedy(net: nn.Module, x) -> np.ndarray:
+    with torch.no_grad():
+        return torch.tanh(net(torch.as_tensor(np.asarray(x, np.float32)))).numpy()

@@ -1,0 +1,90 @@
+"""The 'awr-mc' offline learner (relam.rl.mc_awr): Monte-Carlo returns, advantage weights, filtering, resumption."""
+import numpy as np
+import pytest
+import torch
+
+from relam.rl.mc_awr import MCAWR, advantage_weights, load_policy, mc_returns
+
+
+def test_mc_returns_are_discounted_within_each_trajectory_only():
+    episode = np.array([0, 0, 0, 1, 1])
+    rewards = np.array([-1.0, -1.0, 10.0, -1.0, -1.0])
+    # ep 0: G2 = 10, G1 = -1 + 0.5 * 10 = 4, G0 = -1 + 0.5 * 4 = 1; ep 1 (a timeout: no bootstrap): -1.5, -1
+    np.testing.assert_allclose(mc_returns(rewards, episode, 0.5), [1.0, 4.0, 10.0, -1.5, -1.0])
+    with pytest.raises(ValueError, match="contiguous"):
+        mc_returns(rewards, np.array([0, 1, 0, 1, 1]), 0.5)
+    with pytest.raises(ValueError, match="episode ids"):
+        mc_returns(rewards, episode[:3], 0.5)
+
+
+def test_advantage_weights_grow_with_the_advantage_and_are_clipped():
+    adv = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
+    w = advantage_weights(adv, 1.0, 100.0)
+    assert torch.all(w[1:] > w[:-1])
+    np.testing.assert_allclose(w[3] / w[2], np.exp(1.0 / adv.std().item()), rtol=1e-5)
+    assert torch.all(advantage_weights(adv, 0.0, 100.0) == 1.0)          # beta 0: plain cloning
+    assert advantage_weights(adv, 50.0, 3.0).max() == 3.0
+    # scale-free: multiplying the returns by 10 gives the same weights
+    np.testing.assert_allclose(advantage_weights(10 * adv, 1.0, 100.0), w, rtol=1e-5)
+
+
+def _two_behaviours(n_traj=40, length=10, seed=0):
+    """Trajectories over the same observations: half act +0.5 and end with a success bonus, half act -0.5 and
+    do not. Cloning everything averages to 0; weighting by Monte-Carlo advantage must lean to +0.5."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n_traj * length, 3)).astype(np.float32)
+    good = np.repeat(np.arange(n_traj) % 2 == 0, length)
+    actions = np.where(good, 0.5, -0.5)[:, None].repeat(2, 1).astype(np.float32)
+    rewards = np.full(n_traj * length, -1.0, np.float32)
+    rewards[length - 1::length] += np.where(np.arange(n_traj) % 2 == 0, 10.0, 0.0)
+    episode = np.repeat(np.arange(n_traj), length)
+    return obs, actions, mc_returns(rewards, episode, 0.99), good
+
+
+def _learner(beta, seed=0, **kw):
+    obs, actions, returns, good = _two_behaviours()
+    settings = dict(hidden=(32,), learning_rate=3e-3, batch_size=64, beta=beta, value_steps=300, seed=seed) | kw
+    return MCAWR(obs, actions, returns, **settings), obs, good
+
+
+def test_advantage_weighting_clones_the_successful_behaviour_where_plain_cloning_averages():
+    plain, obs, good = _learner(0.0)
+    plain.fit(400)
+    weighted, _, _ = _learner(1.0)
+    weighted.fit(400)
+    assert abs(plain.predict(obs).mean()) < 0.1
+    assert weighted.predict(obs).mean() > 0.25
+    assert weighted.weight_share(good) > 0.75 and plain.weight_share(good) == pytest.approx(0.5)
+
+
+def test_a_resumed_learner_continues_exactly_and_the_saved_policy_loads(tmp_path):
+    straight, obs, _ = _learner(1.0)
+    straight.fit(30)
+    straight.fit(30)
+    first, _, _ = _learner(1.0)
+    first.fit(30)
+    first.save(tmp_path / "ck.pt")
+    resumed = _learner(1.0)[0].load_state(tmp_path / "ck.pt")
+    resumed.fit(30)
+    np.testing.assert_allclose(resumed.predict(obs), straight.predict(obs), atol=1e-6)
+    assert resumed.steps == 60
+    resumed.save(tmp_path / "model.pt")
+    np.testing.assert_allclose(load_policy(tmp_path / "model.pt").predict(obs), straight.predict(obs), atol=1e-6)
+    other, _, _ = _learner(3.0)
+    with pytest.raises(ValueError, match="delete it to start over"):
+        other.load_state(tmp_path / "ck.pt")
+
+
+def test_pixel_observations_go_through_the_cnn(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((20, 3 * 48 * 48), dtype=np.float32)
+    obs = np.concatenate([img, rng.normal(size=(20, 5)).astype(np.float32)], 1)
+    learner = MCAWR(obs, rng.uniform(-1, 1, (20, 2)), rng.normal(size=20), hidden=(16,), value_steps=5,
+                    value_batch_size=8, batch_size=8, image_size=48)
+    learner.fit(3)
+    learner.save(tmp_path / "m.pt")
+    y = obs.copy()
+    y[:, :3 * 48 * 48] = 0.0
+    policy = load_policy(tmp_path / "m.pt")
+    np.testing.assert_allclose(policy.predict(obs), learner.predict(obs), atol=1e-6)
+    assert not np.allclose(policy.predict(obs), policy.predict(y))
