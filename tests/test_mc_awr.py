@@ -88,3 +88,15 @@ def test_pixel_observations_go_through_the_cnn(tmp_path):
     policy = load_policy(tmp_path / "m.pt")
     np.testing.assert_allclose(policy.predict(obs), learner.predict(obs), atol=1e-6)
     assert not np.allclose(policy.predict(obs), policy.predict(y))
+
+
+def test_dropout_trains_the_policy_but_acting_is_deterministic(tmp_path):
+    learner, obs, _ = _learner(1.0, dropout=0.5)
+    learner.fit(5)
+    assert any(isinstance(m, torch.nn.Dropout) for m in learner.policy.mlp)
+    np.testing.assert_array_equal(learner.predict(obs), learner.predict(obs))
+    learner.policy.train()   # in training mode the same input gives different outputs
+    x = torch.as_tensor(obs[:8])
+    assert not torch.allclose(learner.policy(x), learner.policy(x))
+    learner.save(tmp_path / "m.pt")
+    np.testing.assert_allclose(load_policy(tmp_path / "m.pt").predict(obs), learner.predict(obs), atol=1e-6)

@@ -31,7 +31,7 @@ from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_
 METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
 IQL_ONLY = ("tau", "expectile", "temperature")   # settings of the TD learner, not of the cloning learners
-MC_ONLY = ("mc_beta", "value_steps")
+MC_ONLY = ("mc_beta", "value_steps", "mc_dropout")
 
 
 @dataclass
@@ -79,13 +79,16 @@ class IQLConfig:
     """'iql' (the paper's), 'filtered-bc' (ours, an option: behaviour cloning of the trajectories whose return
     under the method's reward is in the top ``keep_fraction``, the %BC of Chen et al. 2021; see ``keep_mask``) or
     'awr-mc' (ours, an option: cloning weighted by Monte-Carlo advantages, ``relam.rl.mc_awr``; uses ``gamma``,
-    ``max_weight``, ``mc_beta``, ``value_steps``)."""
+    ``max_weight``, ``mc_beta``, ``value_steps``, ``mc_dropout``)."""
     keep_fraction: float = 0.5
     """'filtered-bc' only: share of trajectories kept, ranked by their return under the method's reward."""
     mc_beta: float = 1.0
     """'awr-mc' only: inverse temperature of the weights exp(beta * A / std(A)) (0 = plain cloning of all data)."""
     value_steps: int = 5000
     """'awr-mc' only: minibatches (of 256) regressing V on the Monte-Carlo returns before cloning starts."""
+    mc_dropout: float = 0.1
+    """'awr-mc' only: dropout in the policy's hidden layers (ours; without it the policy overfits late, see
+    ``relam.rl.mc_awr``)."""
 
 
 def flat_observation(keypoints, subgoal, state) -> np.ndarray:
@@ -361,7 +364,8 @@ class _MCLearner:
         self.algo = MCAWR(data["observations"], data["actions"], mc_returns(data["rewards"], data["episode"], c.gamma),
                           hidden=c.hidden, learning_rate=c.learning_rate, batch_size=c.batch_size, beta=c.mc_beta,
                           max_weight=c.max_weight, value_steps=c.value_steps,
-                          image_size=c.image_size if c.observation == "pixels" else None, seed=seed)
+                          image_size=c.image_size if c.observation == "pixels" else None, dropout=c.mc_dropout,
+                          seed=seed)
         if checkpoint:
             self.algo.load_state(checkpoint)
 
