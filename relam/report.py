@@ -107,6 +107,15 @@ PAPER_TABLE4 = {  # paper Table 4 (SPEC §10): mean success %, last evaluation
     "PushCube": {"Diffusion Reward": 69.3, "DACfO": 76.7, "IS": 46.7, "Oracle": 92.7, "ReLAM": 89.3},
     "PickCube": {"Diffusion Reward": 68.0, "DACfO": 78.7, "IS": 60.7, "Oracle": 90.7, "ReLAM": 88.0},
 }
+OFFLINE_LEARNER_NAMES = {"iql": "IQL", "awr-mc": "MC-AWR", "filtered-bc": "%BC"}
+"""How Table 4 names the ManiSkill rows' offline learner (``iql.learner``)."""
+
+
+def table4_label(task: str, learner: str = "iql") -> str:
+    """A Table 4 row's label; the ManiSkill rows name the profile's offline learner."""
+    return TABLE4_LABELS.get(task, task).replace("IQL", OFFLINE_LEARNER_NAMES.get(learner, learner))
+
+
 METHOD_ORDER = ["relam", "relam-gt", "env-reward", "diffusion-reward", "dacfo", "is", "oracle"]
 
 
@@ -166,10 +175,12 @@ def format_cell(row, latex: bool = False) -> str:
     return pm
 
 
-def table4_wide(long: pd.DataFrame, tasks: list[str] = TABLE4_TASKS, latex: bool = False) -> pd.DataFrame:
-    """Rows: the five tasks; columns: every method with runs (formatted cells), then the paper's numbers."""
+def table4_wide(long: pd.DataFrame, tasks: list[str] = TABLE4_TASKS, latex: bool = False,
+                learner: str = "iql") -> pd.DataFrame:
+    """Rows: the five tasks (the ManiSkill ones named with the offline ``learner``); columns: every method with runs
+    (formatted cells), then the paper's numbers (whose ManiSkill rows are IQL's)."""
     methods = [m for m in METHOD_ORDER if m in set(long["method"])] + sorted(set(long["method"]) - set(METHOD_ORDER))
-    wide = pd.DataFrame(index=[TABLE4_LABELS.get(t, t) for t in tasks])
+    wide = pd.DataFrame(index=[table4_label(t, learner) for t in tasks])
     for m in methods:
         col = []
         for t in tasks:
@@ -196,18 +207,22 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     out = Path(out)
     dest = Path(dest) if dest is not None else out
     long = table4(find_runs(out, cfg), expected_seeds)
-    wide = table4_wide(long)
-    note = ("Success % of each run's reported evaluation (PPO: the checkpoint chosen on validation states; IQL: the "
-            "final one; simulator flag), mean over seeds [95 % bootstrap CI]. "
+    learner = cfg.iql.learner if cfg is not None else "iql"
+    wide = table4_wide(long, learner=learner)
+    offline = OFFLINE_LEARNER_NAMES.get(learner, learner)
+    note = (f"Success % of each run's reported evaluation (PPO: the checkpoint chosen on validation states; {offline}: "
+            "the final one; simulator flag), mean over seeds [95 % bootstrap CI]. "
             "⚠ = seeds missing (unfinished, absent, or stale: run under other settings): averaged over the finished "
-            "seeds only and flagged. paper = Table 4 of the paper.")
+            "seeds only and flagged. paper = Table 4 of the paper (its ManiSkill rows are IQL's)."
+            + (f" ManiSkill rows: offline learner {offline} (`iql.learner: {learner}`; the paper's is IQL)."
+               if learner != "iql" else ""))
     md = f"{note}\n\n" + _markdown(wide) + "\n"
     csv = long.assign(missing_seeds=long["missing_seeds"].map(lambda s: " ".join(map(str, s))),
                       stale_seeds=long["stale_seeds"].map(lambda s: " ".join(map(str, s))),
                       seeds=long["seeds"].map(lambda s: " ".join(map(str, s))),
                       per_seed=long["per_seed"].map(lambda s: " ".join(map(str, s)))).to_csv(index=False,
                                                                                              float_format="%.2f")
-    tex_wide = table4_wide(long, latex=True)
+    tex_wide = table4_wide(long, latex=True, learner=learner)
     tex = ("% " + note.replace("⚠", "dagger") + "\n" +
            tex_wide.to_latex(escape=False, column_format="l" + "c" * len(tex_wide.columns)))
     paths = {"md": dest / "table4.md", "csv": dest / "table4.csv", "tex": dest / "table4.tex"}

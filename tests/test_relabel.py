@@ -45,7 +45,7 @@ def _smoke_iql_run(tmp_path, n: int = 1, **iql):
     from relam.rl.iql import train_run
 
     cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": n, "n_noisy": n},
-                                "iql": {"eval_every_epochs": 1, "eval_episodes": 1, **iql}})
+                                "iql": {"eval_every_epochs": 1, "eval_episodes": 1, "learner": "iql", **iql}})
     collect_offline(cfg, "PushCube", progress=False)
     return cfg, train_run(cfg, "PushCube", "relam-gt", 0), cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
 
@@ -185,7 +185,7 @@ def test_awr_mc_learner_writes_a_resumable_run_whose_model_loads(tmp_path):
 def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):
     from relam.rl.iql import run_config
 
-    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "iql": {"learner": "iql"}})
     iql = run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
     assert "learner" not in iql and "mc_beta" not in iql and "value_steps" not in iql and iql["expectile"] == 0.7
     cfg.iql.learner = "filtered-bc"

@@ -167,3 +167,14 @@ def test_find_runs_reports_the_selected_checkpoint_beside_the_final_model(tmp_pa
     runs = find_runs(tmp_path).set_index("seed")
     assert runs.loc[0, "success"] == 0.9 and runs.loc[0, "final_success"] == 0.4 and runs.loc[0, "selected_step"] == 100
     assert runs.loc[1, "final_success"] == 0.6 and runs.loc[1, "selected_step"] == 100
+
+
+def test_table4_names_the_profiles_offline_learner(tmp_path):
+    from relam.config import load_config
+
+    _run(tmp_path, "PushCube", "relam", 0, 1.0)
+    md = write_table4(tmp_path, [0])["md"].read_text()
+    assert "Push Cube (MS, IQL)" in md and "offline learner" not in md
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "iql": {"learner": "awr-mc", "seeds": [0]}})
+    md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    assert "Push Cube (MS, MC-AWR)" in md and "`iql.learner: awr-mc`" in md and "(MS, IQL)" not in md
