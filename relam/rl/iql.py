@@ -254,13 +254,14 @@ def transitions(npz_path: Path | str, reward_key: str, images: np.ndarray | None
 def build_dataset(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
                   success_bonus: float = 10.0, keep: np.ndarray | None = None):
     """d3rlpy MDPDataset of ``transitions``."""
+    return _mdp_dataset(transitions(npz_path, reward_key, images, success_bonus, keep))
+
+
+def _mdp_dataset(t: dict):
     import d3rlpy
-    t = transitions(npz_path, reward_key, images, success_bonus, keep)
-    obs, actions, rewards, terminals, timeouts = (t[k] for k in
-                                                  ("observations", "actions", "rewards", "terminals", "timeouts"))
     return d3rlpy.dataset.MDPDataset(
-        observations=obs, actions=actions, rewards=rewards, terminals=terminals, timeouts=timeouts,
-        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
+        observations=t["observations"], actions=t["actions"], rewards=t["rewards"], terminals=t["terminals"],
+        timeouts=t["timeouts"], action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
 
 
 def make_algo(c: IQLConfig, seed: int):
@@ -331,10 +332,7 @@ class _D3Learner:
     def __init__(self, c: IQLConfig, seed: int, data: dict, checkpoint: Path | None, progress: bool):
         import d3rlpy
         self.c, self.progress = c, progress
-        self.dataset = d3rlpy.dataset.MDPDataset(
-            observations=data["observations"], actions=data["actions"], rewards=data["rewards"],
-            terminals=data["terminals"], timeouts=data["timeouts"],
-            action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
+        self.dataset = _mdp_dataset(data)
         self.algo = d3rlpy.load_learnable(str(checkpoint), device="cpu:0") if checkpoint else make_algo(c, seed)
 
     def fit(self, epochs: int) -> list[dict]:
