@@ -58,19 +58,20 @@ def test_advantage_weighting_clones_the_successful_behaviour_where_plain_cloning
 
 
 def test_a_resumed_learner_continues_exactly_and_the_saved_policy_loads(tmp_path):
-    straight, obs, _ = _learner(1.0)
+    straight, obs, _ = _learner(1.0, dropout=0.1)
     straight.fit(30)
     straight.fit(30)
-    first, _, _ = _learner(1.0)
+    first, _, _ = _learner(1.0, dropout=0.1)
     first.fit(30)
     first.save(tmp_path / "ck.pt")
-    resumed = _learner(1.0)[0].load_state(tmp_path / "ck.pt")
+    torch.rand(100)   # other users of the global random stream do not change the learner's dropout masks
+    resumed = _learner(1.0, dropout=0.1)[0].load_state(tmp_path / "ck.pt")
     resumed.fit(30)
     np.testing.assert_allclose(resumed.predict(obs), straight.predict(obs), atol=1e-6)
     assert resumed.steps == 60
     resumed.save(tmp_path / "model.pt")
     np.testing.assert_allclose(load_policy(tmp_path / "model.pt").predict(obs), straight.predict(obs), atol=1e-6)
-    other, _, _ = _learner(3.0)
+    other, _, _ = _learner(3.0, dropout=0.1)
     with pytest.raises(ValueError, match="delete it to start over"):
         other.load_state(tmp_path / "ck.pt")
 

@@ -95,11 +95,13 @@ class MCAWR:
         self.settings = dict(hidden=list(hidden), learning_rate=learning_rate, batch_size=batch_size, beta=beta,
                              max_weight=max_weight, value_steps=value_steps, value_batch_size=value_batch_size,
                              image_size=image_size, dropout=dropout, seed=seed)
-        self.gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)   # initial weights
-        dim = self.obs.shape[1]
-        self.value = _Net(dim, 1, list(hidden), image_size)
-        self.policy = _Net(dim, self.actions.shape[1], list(hidden), image_size, dropout)
+        self.gen = torch.Generator().manual_seed(seed)   # minibatches
+        with torch.random.fork_rng(devices=[]):          # initial weights and dropout masks: a stream of our own
+            torch.manual_seed(seed)
+            dim = self.obs.shape[1]
+            self.value = _Net(dim, 1, list(hidden), image_size)
+            self.policy = _Net(dim, self.actions.shape[1], list(hidden), image_size, dropout)
+            self.rng_state = torch.get_rng_state()
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
         self.weights: torch.Tensor | None = None
         self.value_loss = float("nan")
@@ -130,15 +132,18 @@ class MCAWR:
             self.fit_value()
         total = 0.0
         self.policy.train()
-        for _ in range(n_steps):
-            i = self._batch(self.settings["batch_size"])
-            w = self.weights[i]
-            err = ((torch.tanh(self.policy(self.obs[i])) - self.actions[i]) ** 2).sum(-1)
-            loss = (w * err).mean() / w.mean()   # normalised so the step size does not follow the weights' scale
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            total += loss.item()
+        with torch.random.fork_rng(devices=[]):   # dropout draws from the learner's own saved stream
+            torch.set_rng_state(self.rng_state)
+            for _ in range(n_steps):
+                i = self._batch(self.settings["batch_size"])
+                w = self.weights[i]
+                err = ((torch.tanh(self.policy(self.obs[i])) - self.actions[i]) ** 2).sum(-1)
+                loss = (w * err).mean() / w.mean()   # normalised so the step size does not follow the weights' scale
+                self.opt.zero_grad()
+                loss.backward()
+                self.opt.step()
+                total += loss.item()
+            self.rng_state = torch.get_rng_state()
         self.steps += n_steps
         return {"actor_loss": total / max(n_steps, 1), "value_loss": self.value_loss}
 
@@ -154,7 +159,7 @@ class MCAWR:
     def save(self, path) -> None:
         torch.save({"settings": self.settings, "policy": self.policy.state_dict(), "value": self.value.state_dict(),
                     "opt": self.opt.state_dict(), "weights": self.weights, "value_loss": self.value_loss,
-                    "steps": self.steps, "gen": self.gen.get_state()}, path)
+                    "steps": self.steps, "gen": self.gen.get_state(), "rng": self.rng_state}, path)
 
     def load_state(self, path) -> "MCAWR":
         """Continue from a checkpoint of a learner with the same settings (the dataset is the caller's)."""
@@ -167,6 +172,7 @@ class MCAWR:
         self.opt.load_state_dict(ck["opt"])
         self.weights, self.value_loss, self.steps = ck["weights"], ck["value_loss"], ck["steps"]
         self.gen.set_state(ck["gen"])
+        self.rng_state = ck["rng"]
         return self
 
 
