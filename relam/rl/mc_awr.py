@@ -20,7 +20,7 @@ validation states (task seeds 3 000 000+, 20 episodes), seeds 0 / 1, at 10k / 20
 Gaussian noise on the observations (sigma 0.01) did not help (``relam`` 30 / 75 % at 40k).
 
 The learner keeps what ``relam.rl.iql.train_run`` needs: ``fit(n_steps)``, ``predict(x)``, ``save(path)`` and
-``MCAWR.load(path)``, with the optimiser, the weights and the random state in the checkpoint, so a resumed run
+``load_state(path)``, with the optimiser, the weights and the random state in the checkpoint, so a resumed run
 continues exactly where it stopped.
 """
 from __future__ import annotations
