@@ -78,7 +78,7 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
     if "relam" in methods or "env-reward" in methods:
         for t in tasks:   # per-task models exactly as stage 04 trains them (same config, so same skip rule)
             train(cfg.out / "anticipation" / t, {t: SubgoalDataset.load(subgoal_path(cfg.out, t), t)},
-                  cfg.anticipation, cfg.env.image_size, progress, cfg.torch_threads)
+                  cfg.anticipation.for_task(t), cfg.env.image_size, progress, cfg.torch_threads)
     if ppo_tasks:
         cfg.ppo = replace(cfg.ppo, tasks=list(ppo_tasks), methods=[m for m in methods if m != "env-reward"],
                           seeds=list(seeds))

@@ -384,3 +384,29 @@ def test_mean_x0_baseline_is_the_error_of_the_training_mean(tmp_path):
     mean = np.mean([s.subgoals[0] for s in train_s], 0)
     expect = np.mean([np.linalg.norm(s.subgoals[0] - mean, axis=-1).mean() for s in val_s]) * 32
     assert mean_x0_baseline(ds, cfg, 32)["toy"] == pytest.approx(expect) and expect > 0
+
+
+def test_task_overrides_apply_to_that_tasks_own_model_only(tmp_path):
+    from relam.config import ConfigError, load_config
+    cfg = load_config("smoke", {"anticipation": {"task_overrides": {
+        "PickCube": {"lr": 1e-3, "shift_augment": 4, "model": {"readout": True}}}}})
+    ac = cfg.anticipation
+    pick, push, multi = ac.for_task("PickCube"), ac.for_task("PushCube"), ac.for_task(None)
+    assert (pick.lr, pick.shift_augment, pick.model.readout) == (1e-3, 4, True)
+    assert (push.lr, push.shift_augment, push.model.readout) == (ac.lr, ac.shift_augment, False) == (multi.lr, 0, False)
+    assert ac.model.readout is False and ac.lr != 1e-3            # the profile's section itself is untouched
+    assert pick.task_overrides == push.task_overrides == multi.task_overrides == {}
+    with pytest.raises(ConfigError, match=r"anticipation\.lrr"):
+        load_config("smoke", {"anticipation": {"task_overrides": {"PickCube": {"lrr": 1e-3}}}})
+    with pytest.raises(ValueError, match=r"unknown task 'PickCub'.*PickCube"):
+        load_config("smoke", {"anticipation": {"task_overrides": {"PickCub": {"lr": 1e-3}}}})
+    # a model trained without overrides stays current when another task gets some; its own override retrains
+    base = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=2, eval_every=2,
+                              checkpoint_every=2, warmup_steps=1)
+    ds = {"toy": _write_subgoal_ds(tmp_path)}
+    train(tmp_path / "run", ds, base, 32, progress=False)
+    base.task_overrides = {"PickCube": {"lr": 5e-4}}
+    assert train(tmp_path / "run", ds, base.for_task("PushCube"), 32, progress=False)["skipped"]
+    assert "task_overrides" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "skipped" not in train(tmp_path / "run", ds, base.for_task("PickCube"), 32, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 5e-4
