@@ -318,3 +318,27 @@ def test_run_reports_the_checkpoint_chosen_on_validation_states(tmp_path, monkey
     assert "validation_success_rate" in (rd / "eval.csv").read_text().splitlines()[0]
     cfg.ppo.validation_episodes = 0   # off: absent from the run config, so runs made before the option stay current
     assert "validation_episodes" not in ppo.run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]
+
+
+def test_diff_scale_multiplies_only_the_subgoal_difference_and_is_absent_from_configs_at_one(tmp_path):
+    from relam.rl.hrl import KeypointFeatures
+    from relam.rl.ppo import policy_kwargs, run_config
+    box = lambda n: gym.spaces.Box(-5, 5, (n,), np.float32)  # noqa: E731
+    space = gym.spaces.Dict({"keypoints": box(8), "subgoal": box(8), "state": box(4)})
+    plain, scaled = KeypointFeatures(space), KeypointFeatures(space, diff_scale=10.0)
+    scaled.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(0)
+    kp, st = torch.rand(3, 8, generator=g), torch.rand(3, 4, generator=g)
+    sg = kp + 0.04 * torch.randn(3, 8, generator=g)
+    out = scaled({"keypoints": kp, "subgoal": sg, "state": st})
+    by_hand = plain.points(torch.cat([kp, sg, 10.0 * (sg - kp), st], -1))
+    torch.testing.assert_close(out, by_hand)
+    assert not torch.allclose(out, plain({"keypoints": kp, "subgoal": sg, "state": st}))
+    on_goal = {"keypoints": kp, "subgoal": kp, "state": st}       # no difference: nothing to scale
+    torch.testing.assert_close(scaled(on_goal), plain(on_goal))
+    cfg = _tiny_cfg(tmp_path)
+    assert "features_extractor_kwargs" not in policy_kwargs(cfg.ppo)
+    assert "diff_scale" not in run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]   # older runs stay current
+    cfg.ppo.diff_scale = 10.0
+    assert policy_kwargs(cfg.ppo)["features_extractor_kwargs"] == {"diff_scale": 10.0}
+    assert run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]["diff_scale"] == 10.0

@@ -86,6 +86,10 @@ class PPOConfig:
     """Divide rewards by the running std of the discounted return (paper)."""
     net_arch: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layers of the policy and value MLPs after the feature extractor (ours)."""
+    diff_scale: float = 1.0
+    """The policy's input ``subgoal - keypoints`` is multiplied by this (ours; 1: as before). Why one might: the
+    stage threshold is ~5 px, i.e. differences of ~0.04 in normalised coordinates beside coordinates of ~0.5, so
+    the errors the policy must drive to zero are tiny inputs of a tanh MLP. Measured in the README (PPO)."""
     eval_every: int = 20_000
     """Evaluate (and checkpoint) every this many environment steps."""
     eval_episodes: int = 10
@@ -198,7 +202,10 @@ def policy_kwargs(p: PPOConfig) -> dict:
     """SB3 ``policy_kwargs`` of the ReLAM policy (features extractor by ``p.policy``, MLP heads)."""
     from relam.rl.hrl import KeypointFeatures
     arch = list(p.net_arch)
-    return {"features_extractor_class": KeypointFeatures, "net_arch": {"pi": arch, "vf": arch}}
+    kw = {"features_extractor_class": KeypointFeatures, "net_arch": {"pi": arch, "vf": arch}}
+    if p.diff_scale != 1.0:   # left out at 1, so checkpoints of runs made before the option load as they were
+        kw["features_extractor_kwargs"] = {"diff_scale": p.diff_scale}
+    return kw
 
 
 def reward_config(cfg, generated: bool, plan_error: float | None = None) -> RewardConfig:
@@ -305,7 +312,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
     return RunCallback()
 
 
-PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0}
+PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
