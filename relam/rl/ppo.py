@@ -89,7 +89,8 @@ class PPOConfig:
     diff_scale: float = 1.0
     """The policy's input ``subgoal - keypoints`` is multiplied by this (ours; 1: as before). Why one might: the
     stage threshold is ~5 px, i.e. differences of ~0.04 in normalised coordinates beside coordinates of ~0.5, so
-    the errors the policy must drive to zero are tiny inputs of a tanh MLP. Measured in the README (PPO)."""
+    the errors the policy must drive to zero are tiny inputs of a tanh MLP. Measured at ``cpu`` (relam, x10, 3 seeds):
+    drawer-open 73.3 -> 80.0 %, door-open 46.7 -> 0 %, so it stays 1 (README, PPO)."""
     eval_every: int = 20_000
     """Evaluate (and checkpoint) every this many environment steps."""
     eval_episodes: int = 10
