@@ -211,7 +211,7 @@ def test_x0_error_by_keypoint_agrees_with_the_run_metrics_and_the_mean_baseline(
                              checkpoint_every=4, warmup_steps=1, val_fraction=0.25, x0_warmup_steps=2)
     ds = {"toy": _write_subgoal_ds(tmp_path)}
     metrics = train(tmp_path / "run", ds, cfg, 32, progress=False)
-    row = x0_error_by_keypoint(tmp_path / "run", ds, cfg, 32)["toy"]
+    row = x0_error_by_keypoint(tmp_path / "run", ds, 32)["toy"]   # the split is the checkpoint's
     assert len(row["train"]) == len(row["val mean"]) == 4 and len(row) == 4
     assert np.mean(row["val"]) == pytest.approx(metrics["val"]["x0_px"], rel=1e-5)
     assert np.mean(row["val mean"]) == pytest.approx(mean_x0_baseline(ds, cfg, 32)["toy"], rel=1e-5)

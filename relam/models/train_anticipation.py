@@ -395,12 +395,12 @@ def train_profile(cfg, progress: bool = True) -> dict:
             for name, (ds, c) in runs.items()}
 
 
-def x0_error_by_keypoint(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: int) -> dict:
+def x0_error_by_keypoint(run_dir: Path, datasets: dict, image_size: int) -> dict:
     """{task: {split: per-keypoint x^0 error (px) of the run's model, split + " mean": of the training mean}} for
     the ``train`` and ``val`` demos of the split ``train`` used. Where the model beats the mean on a keypoint it
     reads that keypoint's position from the first frame; the training demos (45 per task at ``cpu``) say so
     with less noise than the 5 held-out ones."""
-    model, train_s, val_s, feats = _finished_run(run_dir, datasets, cfg)
+    model, train_s, val_s, feats = _finished_run(run_dir, datasets)
     out = {}
     for task in datasets:
         row = {}
@@ -416,14 +416,17 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, cfg: AnticipationConfig,
     return out
 
 
-def _finished_run(run_dir: Path, datasets: dict, cfg: AnticipationConfig):
-    """(model, train samples, held-out samples, Features) of a finished run, split as ``train`` split them."""
-    model, _ = load_model(Path(run_dir) / "checkpoint.pt")
-    train_s, val_s, task_frames, _ = load_samples(datasets, cfg.val_fraction, cfg.seed)
+def _finished_run(run_dir: Path, datasets: dict):
+    """(model, train samples, held-out samples, Features) of a finished run, split as ``train`` split them: with
+    the split settings saved in its checkpoint, so the caller cannot pass a config that splits otherwise (a
+    per-task override, another profile)."""
+    model, ckpt = load_model(Path(run_dir) / "checkpoint.pt")
+    split = ckpt["config"]
+    train_s, val_s, task_frames, _ = load_samples(datasets, split["val_fraction"], split["seed"])
     return model, train_s, val_s, Features(model, task_frames, Path(run_dir) / "features.npz")
 
 
-def heldout_plans(run_dir: Path, datasets: dict, cfg: AnticipationConfig):
+def heldout_plans(run_dir: Path, datasets: dict):
     """(held-out samples, generated plans) of a finished run, for plots."""
-    model, _, val, feats = _finished_run(run_dir, datasets, cfg)
+    model, _, val, feats = _finished_run(run_dir, datasets)
     return val, model.generate(feats(val)) if val else []
