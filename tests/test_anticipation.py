@@ -206,12 +206,16 @@ def test_training_run_checkpoints_resume_and_reload(tmp_path):
 
 
 def test_x0_error_by_keypoint_agrees_with_the_run_metrics_and_the_mean_baseline(tmp_path):
-    from relam.models.train_anticipation import mean_x0_baseline, x0_error_by_keypoint
+    from relam.models.train_anticipation import heldout_plans, mean_x0_baseline, x0_error_by_keypoint
+    # 2 of the 4 demos held out; the default val_fraction (0.1) would hold out 1, so a helper that split by
+    # anything but the checkpoint's settings fails here
     cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=4, eval_every=4,
-                             checkpoint_every=4, warmup_steps=1, val_fraction=0.25, x0_warmup_steps=2)
+                             checkpoint_every=4, warmup_steps=1, val_fraction=0.5, x0_warmup_steps=2)
     ds = {"toy": _write_subgoal_ds(tmp_path)}
     metrics = train(tmp_path / "run", ds, cfg, 32, progress=False)
-    row = x0_error_by_keypoint(tmp_path / "run", ds, 32)["toy"]   # the split is the checkpoint's
+    row = x0_error_by_keypoint(tmp_path / "run", ds, 32)["toy"]
+    val, plans = heldout_plans(tmp_path / "run", ds)
+    assert len(val) == len(plans) == 2
     assert len(row["train"]) == len(row["val mean"]) == 4 and len(row) == 4
     assert np.mean(row["val"]) == pytest.approx(metrics["val"]["x0_px"], rel=1e-5)
     assert np.mean(row["val mean"]) == pytest.approx(mean_x0_baseline(ds, cfg, 32)["toy"], rel=1e-5)
