@@ -23,7 +23,6 @@ import numpy as np
 
 import relam  # noqa: F401
 from relam.envs import make_task
-from relam.envs.maniskill_tasks import STATE_LAYOUT
 
 TOLERANCE = 0.025   # PickCube-v1's goal threshold (m)
 SEED0 = 20_000      # task seeds of the probe: not those of demos, offline data or evaluation
@@ -40,9 +39,15 @@ def view_axis(task) -> np.ndarray:
     return f / np.linalg.norm(f)
 
 
+def goal(task, seed: int) -> np.ndarray:
+    """The 3-D goal of PickCube's initial state ``seed``."""
+    task.reset(seed)
+    return task.goal_position()
+
+
 def ceiling(n: int) -> None:
     task = make_task("PickCube", image_size=128)
-    goals = np.array([np.asarray(task.reset(SEED0 + s))[STATE_LAYOUT["goal_pos"]] for s in range(n)], np.float64)
+    goals = np.array([goal(task, SEED0 + s) for s in range(n)])
     uv, _ = task.camera().project(goals)
     n_tr = int(0.8 * n)
     d = np.linalg.norm(uv[n_tr:, None] - uv[None, :n_tr], axis=-1)
@@ -85,8 +90,8 @@ def plans(ks: list[int], n: int, selection: str) -> None:
         x, goals, t0 = [], [], time.time()
         for s in range(n):
             x.append(planner(None, {"task_seed": SEED0 + s})[-1].reshape(-1))
-            goals.append(np.asarray(planner.task.reset(SEED0 + s))[STATE_LAYOUT["goal_pos"]])
-        goals = np.array(goals, np.float64)
+            goals.append(goal(planner.task, SEED0 + s))
+        goals = np.array(goals)
         e = regress(np.array(x, np.float64), goals) - goals
         print(f"K={k} ({selection}), {n} expert plans ({time.time() - t0:.0f} s), last subgoal -> 3-D goal: "
               + summarise(np.linalg.norm(e, axis=1), e @ view_axis(planner.task)), flush=True)
