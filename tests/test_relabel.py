@@ -45,7 +45,8 @@ def _smoke_iql_run(tmp_path, n: int = 1, **iql):
     from relam.rl.iql import train_run
 
     cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": n, "n_noisy": n},
-                                "iql": {"eval_every_epochs": 1, "eval_episodes": 1, "learner": "iql", **iql}})
+                                "iql": {"eval_every_epochs": 1, "eval_episodes": 1, "learner": "iql",
+                                        "trajectory_filter": "none", **iql}})
     collect_offline(cfg, "PushCube", progress=False)
     return cfg, train_run(cfg, "PushCube", "relam-gt", 0), cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
 
@@ -142,6 +143,29 @@ def test_keep_mask_keeps_whole_trajectories_with_the_highest_return(tmp_path):
     np.testing.assert_array_equal(np.concatenate([e.actions for e in ds.episodes]), np.arange(12, 24).reshape(3, 4))
 
 
+def test_success_filter_keeps_every_successful_trajectory_however_slow(tmp_path):
+    from relam.rl.iql import IQLConfig, success_mask, training_mask
+
+    # episode 0: long, succeeds at its end (a slow noisy success); 1: fast success; 2: fails; 3: succeeds mid-way
+    episode = np.array([0, 0, 0, 0, 1, 2, 2, 3, 3, 3])
+    success = np.array([0, 0, 0, 1, 1, 0, 0, 0, 1, 0], bool)
+    reward = np.where(success, 10.0, -1.0).astype(np.float32)
+    path = tmp_path / "r.npz"
+    np.savez(path, episode=episode, reward=reward, env_reward=np.zeros(10), success=success)
+    np.testing.assert_array_equal(success_mask(path), episode != 2)
+    assert training_mask(IQLConfig(learner="awr-mc"), path, "reward", 10.0) is None
+    np.testing.assert_array_equal(training_mask(IQLConfig(learner="awr-mc", trajectory_filter="successful"),
+                                                path, "reward", 10.0), episode != 2)
+    # filtered-bc ranks ALL trajectories (top half: 1 at +10, 3 at +8) and then applies the filter
+    both = IQLConfig(learner="filtered-bc", keep_fraction=0.5, trajectory_filter="successful")
+    np.testing.assert_array_equal(training_mask(both, path, "reward", 10.0), np.isin(episode, [1, 3]))
+    with pytest.raises(ValueError, match="iql.trajectory_filter"):
+        training_mask(IQLConfig(trajectory_filter="best"), path, "reward", 10.0)
+    np.savez(path, episode=episode, reward=reward, env_reward=np.zeros(10), success=np.zeros(10, bool))
+    with pytest.raises(ValueError, match="trajectory_filter: none"):
+        success_mask(path)
+
+
 def test_filtered_bc_learner_clones_the_best_trajectories_and_records_them(tmp_path):
     import d3rlpy
 
@@ -180,6 +204,12 @@ def test_awr_mc_learner_writes_a_resumable_run_whose_model_loads(tmp_path):
     cfg.iql.mc_beta = 3.0                               # another setting starts over
     again = train_run(cfg, "PushCube", "relam-gt", 0)
     assert not again["resumed"] and json.loads((rd / "config.json").read_text())["iql"]["mc_beta"] == 3.0
+    assert "episodes_kept" not in again["dataset"]      # no filter: every trajectory
+    cfg.iql.trajectory_filter = "successful"            # the filter is part of the run's definition
+    kept = train_run(cfg, "PushCube", "relam-gt", 0)
+    assert not kept["resumed"] and json.loads((rd / "config.json").read_text())["iql"]["trajectory_filter"] == "successful"
+    n_success = round(kept["dataset"]["episodes_success"] * kept["dataset"]["episodes"])
+    assert 0 < kept["dataset"]["episodes_kept"] == n_success and kept["dataset"]["kept_success_share"] == 1.0
 
 
 def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):

@@ -33,6 +33,7 @@ METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
 IQL_ONLY = ("tau", "expectile", "temperature")   # settings of the TD learner, not of the cloning learners
 MC_ONLY = ("mc_beta", "value_steps", "mc_dropout")
+TRAJECTORY_FILTERS = ("none", "successful")
 
 
 @dataclass
@@ -86,6 +87,12 @@ class IQLConfig:
     PickCube 0 / 10.0 / 0 against 0 / 16.7 / 3.3 %."""
     keep_fraction: float = 0.5
     """'filtered-bc' only: share of trajectories kept, ranked by their return under the method's reward."""
+    trajectory_filter: str = "none"
+    """Which trajectories any learner trains on (ours; the paper uses all): 'none' (all) or 'successful' (those that
+    earned the success bonus, i.e. whose simulator success flag was ever 1: the bonus that every method's reward,
+    ReLAM's and the env's, pays). See ``success_mask``. The ``cpu`` profile's setting, because MC-AWR's weighting lets
+    PickCube's failing noisy trajectories (57 % of its transitions) through, while the top-half filter that stops them
+    also drops PushCube's useful successful noisy ones (README, stage 06)."""
     mc_beta: float = 1.0
     """'awr-mc' only: inverse temperature of the weights exp(beta * A / std(A)) (0 = plain cloning of all data)."""
     value_steps: int = 5000
@@ -238,6 +245,40 @@ def keep_mask(npz_path: Path | str, reward_key: str, fraction: float, success_bo
     return np.isin(inverse, kept)
 
 
+def success_mask(npz_path: Path | str) -> np.ndarray:
+    """``iql.trajectory_filter: successful``: per transition, whether its trajectory ever reached the simulator's
+    success (and so earned the success bonus). Unlike ``keep_mask`` it keeps every successful trajectory, however
+    slow or noisy: PushCube's successful noisy trajectories are 40 % of its data and help, PickCube's failing ones
+    (57 %) are what its advantage weighting cannot filter."""
+    with np.load(npz_path) as d:
+        episode, success = d["episode"], d["success"].astype(bool)
+    ids, inverse = np.unique(episode, return_inverse=True)
+    ok = np.zeros(len(ids), bool)
+    np.logical_or.at(ok, inverse, success)
+    if not ok.any():
+        raise ValueError(f"no trajectory of {npz_path} reaches the simulator's success, so iql.trajectory_filter "
+                         f"'successful' would leave nothing to train on; collect more trajectories "
+                         f"(offline.n_expert) or set iql.trajectory_filter: none")
+    return ok[inverse]
+
+
+def _check_choice(c: IQLConfig, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(c, name) not in choices:
+        raise ValueError(f"unknown iql.{name} {getattr(c, name)!r}; choose from {choices}")
+
+
+def training_mask(c: IQLConfig, npz_path: Path | str, reward_key: str, success_bonus: float) -> np.ndarray | None:
+    """The transitions a run trains on (None: all): those of the trajectories that pass ``trajectory_filter`` and,
+    for 'filtered-bc', are in the top ``keep_fraction`` by return (ranked over ALL trajectories)."""
+    _check_choice(c, "trajectory_filter", TRAJECTORY_FILTERS)
+    masks = []
+    if c.trajectory_filter == "successful":
+        masks.append(success_mask(npz_path))
+    if c.learner == "filtered-bc":
+        masks.append(keep_mask(npz_path, reward_key, c.keep_fraction, success_bonus))
+    return np.logical_and.reduce(masks) if masks else None
+
+
 def transitions(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
                 success_bonus: float = 10.0, keep: np.ndarray | None = None) -> dict:
     """The learners' arrays of a relabelled file (``relam.rl.relabel``): observations, actions, rewards,
@@ -302,6 +343,8 @@ def evaluate(algo, env, episodes: int, image_size: int | None = None) -> dict:
 
 def _iql_settings(c: IQLConfig) -> dict:
     d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
+    if c.trajectory_filter == "none":  # runs made before the filter keep their config
+        del d["trajectory_filter"]
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
         del d["observation"], d["image_size"]
     if c.learner != "awr-mc":          # runs made before that learner keep their config
@@ -393,10 +436,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
 
     torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
     c = cfg.iql
-    if c.learner not in LEARNERS:
-        raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
-    if c.observation not in ("keypoints", "pixels"):
-        raise ValueError(f"unknown iql.observation {c.observation!r}; choose 'keypoints' or 'pixels'")
+    for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
+                          ("observation", ("keypoints", "pixels"))):
+        _check_choice(c, name, choices)
     Learner = _MCLearner if c.learner == "awr-mc" else _D3Learner
     run_dir = run_dir_of(cfg, task, method, seed)
     ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
@@ -412,8 +454,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                                 anticipation_run=c.anticipation_run)
     pixels = c.observation == "pixels"
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
-    keep = keep_mask(data_path, reward_key, c.keep_fraction, cfg.reward.success_bonus) \
-        if c.learner == "filtered-bc" else None
+    keep = training_mask(c, data_path, reward_key, cfg.reward.success_bonus)
     data = transitions(data_path, reward_key, images, cfg.reward.success_bonus, keep)
     del images
     if pixels and c.learner != "awr-mc":
