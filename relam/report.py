@@ -215,7 +215,10 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
             "⚠ = seeds missing (unfinished, absent, or stale: run under other settings): averaged over the finished "
             "seeds only and flagged. paper = Table 4 of the paper (its ManiSkill rows are IQL's)."
             + (f" ManiSkill rows: offline learner {offline} (`iql.learner: {learner}`; the paper's is IQL)."
-               if learner != "iql" else ""))
+               if learner != "iql" else "")
+            + (" ManiSkill rows trained on the trajectories that reached success only (`iql.trajectory_filter: "
+               "successful`; the paper uses all)." if cfg is not None and cfg.iql.trajectory_filter == "successful"
+               else ""))
     md = f"{note}\n\n" + _markdown(wide) + "\n"
     csv = long.assign(missing_seeds=long["missing_seeds"].map(lambda s: " ".join(map(str, s))),
                       stale_seeds=long["stale_seeds"].map(lambda s: " ".join(map(str, s))),

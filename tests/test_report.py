@@ -178,3 +178,6 @@ def test_table4_names_the_profiles_offline_learner(tmp_path):
     cfg = load_config("smoke", {"results_dir": str(tmp_path), "iql": {"learner": "awr-mc", "seeds": [0]}})
     md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
     assert "Push Cube (MS, MC-AWR)" in md and "`iql.learner: awr-mc`" in md and "(MS, IQL)" not in md
+    assert "`iql.trajectory_filter: successful`" in md       # the smoke profile's, as cpu's
+    cfg.iql.trajectory_filter = "none"
+    assert "trajectory_filter" not in write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()

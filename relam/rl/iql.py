@@ -87,6 +87,11 @@ class IQLConfig:
     PickCube 0 / 10.0 / 0 against 0 / 16.7 / 3.3 %."""
     keep_fraction: float = 0.5
     """'filtered-bc' only: share of trajectories kept, ranked by their return under the method's reward."""
+    subgoal_lift: bool = False
+    """Ours (``relam.rl.lift``): append ``10 * (lifted subgoal - end effector)`` to the keypoint observation, where the
+    lift is a regressor robot keypoints -> end-effector xyz fitted on every transition of the run's dataset (kept
+    in ``lift.pt`` beside the model). It tells the policy where its end effector should go in 3-D, which one
+    camera's 2-D subgoal says only through the arm's pose (PickCube's goal depth, README stage 06)."""
     trajectory_filter: str = "none"
     """Which trajectories any learner trains on (ours; the paper uses all): 'none' (all) or 'successful' (those that
     earned the success bonus, i.e. whose simulator success flag was ever 1: the bonus that every method's reward,
@@ -345,6 +350,8 @@ def _iql_settings(c: IQLConfig) -> dict:
     d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
     if c.trajectory_filter == "none":  # runs made before the filter keep their config
         del d["trajectory_filter"]
+    if not c.subgoal_lift:             # runs made before the lift keep their config
+        del d["subgoal_lift"]
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
         del d["observation"], d["image_size"]
     if c.learner != "awr-mc":          # runs made before that learner keep their config
@@ -431,6 +438,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     """Relabel (if needed), train (or resume, or skip) one IQL run and evaluate it in the simulator."""
     import torch
 
+    from relam.rl.lift import LiftedPolicy
     from relam.rl.ppo import make_env, make_planner
     from relam.rl.relabel import dataset_summary, relabel_dataset
 
@@ -444,7 +452,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.d3", "checkpoint.pt", "state.json", "train.csv", "eval.csv", "model.d3",
-                      "model.pt"), budget=("iql", "epochs"), final_files=("model.d3", "model.pt"))
+                      "model.pt", "lift.pt"), budget=("iql", "epochs"), final_files=("model.d3", "model.pt"))
     if done is not None:
         return done
 
@@ -460,6 +468,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
     env = make_env(task, planner, cfg, image_obs=pixels)
+    lift = _subgoal_lift(c, run_dir, data_path, env, seed) if c.subgoal_lift else None
+    if lift is not None:
+        data["observations"] = lift.augment(data["observations"])
 
     state = {"epoch": 0, "evals": []}
     resume = ckpt_path.exists() and (run_dir / "state.json").exists()
@@ -482,7 +493,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                            [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
-        res = evaluate(learner, env, c.eval_episodes, c.image_size if pixels else None)
+        res = evaluate(learner if lift is None else LiftedPolicy(learner, lift), env, c.eval_episodes,
+                       c.image_size if pixels else None)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
                        [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
@@ -493,7 +505,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     with atomic_path(model_path) as tmp:  # the last checkpoint is the final model
         shutil.copyfile(ckpt_path, tmp)
     final = state["evals"][-1]
-    summary = dataset_summary(data_path, keep) | learner.summary()
+    summary = dataset_summary(data_path, keep) | learner.summary() | (
+        {} if lift is None else {"lift_mean_error_m": round(lift.fit_error, 4)})
     results = {"task": task, "method": method, "seed": seed, "algo": "iql", "learner": c.learner,
                "steps": c.epochs * c.steps_per_epoch,
                "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],
@@ -503,6 +516,22 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     env.close()
     return results
+
+
+def _subgoal_lift(c: IQLConfig, run_dir: Path, data_path: Path, env, seed: int) -> SubgoalLift:
+    """The run's ``SubgoalLift``: loaded from ``lift.pt`` when the run resumes, else fitted on every transition of
+    the relabelled file (all trajectories: the lift needs poses, not good actions) and saved."""
+    from relam.rl.lift import SubgoalLift
+
+    path = run_dir / "lift.pt"
+    if path.exists():
+        return SubgoalLift.load(path)
+    with np.load(data_path) as d:
+        keypoints, state = d["keypoints"], d["state"]
+    lift = SubgoalLift(np.flatnonzero(np.asarray(env.parts) == 0), env.K, seed=seed).fit(keypoints, state)
+    with atomic_path(path) as tmp:
+        lift.save(tmp)
+    return lift
 
 
 def run_grid(cfg, progress: bool = True) -> list[dict]:
