@@ -96,3 +96,36 @@ def test_an_offline_run_with_the_lift_saves_it_and_resumes_with_it(tmp_path):
     again = train_run(cfg, "PushCube", "relam-gt", 0)
     assert not again["resumed"] and not (rd / "lift.pt").exists() and "lift_mean_error_m" not in again["dataset"]
     assert "subgoal_lift" not in json.loads((rd / "config.json").read_text())["iql"]
+
+
+def test_ppo_with_the_lift_fits_it_on_the_demos_and_observes_it(tmp_path):
+    from test_ppo import _tiny_cfg
+
+    from relam.data.demos import collect_demos
+    from relam.envs import make_task
+    from relam.perception.subgoals import build_subgoal_dataset
+    from relam.rl.lift import LiftObservation, demo_pairs
+    from relam.rl.ppo import make_env, make_planner, train_run
+
+    cfg = _tiny_cfg(tmp_path, subgoal_lift=True, total_steps=200, n_steps=100, eval_every=200)
+    collect_demos(cfg, "drawer-open", progress=False)
+    build_subgoal_dataset(cfg, "drawer-open", progress=False)
+    task = make_task("drawer-open", image_size=cfg.env.image_size)
+    keypoints, proprio = demo_pairs(cfg, task)
+    task.close()
+    assert keypoints.shape[1] == 8 and proprio.shape[1] == 4 and len(keypoints) == len(proprio) > 3 * 20
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = cfg.out / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert res["steps"] == 200 and json.loads((rd / "config.json").read_text())["ppo"]["subgoal_lift"] is True
+    lift = SubgoalLift.load(rd / "lift.pt")
+    assert lift.fit_error < 0.02                     # the demos' hand, from its keypoints, to within 2 cm
+    env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg, lift=lift)
+    obs, _ = env.reset(options={"task_seed": 5})
+    np.testing.assert_allclose(obs["lift"], LIFT_SCALE * (lift.predict(obs["subgoal"][None])[0] - obs["state"][:3]),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="K = 2"):
+        LiftObservation(env.env, SubgoalLift([0], 2, steps=1))
+    cfg.ppo.subgoal_lift = False                     # off: absent from the run config, the run starts over
+    again = train_run(cfg, "drawer-open", "relam-gt", 0)
+    assert not again["resumed"] and not (rd / "lift.pt").exists()
+    assert "subgoal_lift" not in json.loads((rd / "config.json").read_text())["ppo"]

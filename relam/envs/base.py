@@ -116,6 +116,10 @@ class Task(abc.ABC):
         knows about itself; the keypoint-only policy reads it beside the keypoints (no object state)."""
         raise NotImplementedError(f"{type(self).__name__} has no proprio()")
 
+    def proprio_of_state(self, states: np.ndarray) -> np.ndarray:
+        """``proprio()`` of recorded simulator states (..., state_dim) -> (..., 4), e.g. a demo's ``states``."""
+        raise NotImplementedError(f"{type(self).__name__} has no proprio_of_state()")
+
     def close(self) -> None:
         pass
 

@@ -455,9 +455,12 @@ class ManiSkillTask(Task):
         return _np(self._cube.pose.p)[0].astype(np.float64)
 
     def proprio(self) -> np.ndarray:
-        s = self._state()
-        qpos, tcp = s[STATE_LAYOUT["qpos"]], s[STATE_LAYOUT["tcp_pose"]][:3]
-        return np.concatenate([tcp, [qpos[7] + qpos[8]]]).astype(np.float32)  # TCP xyz + finger opening
+        return self.proprio_of_state(self._state())
+
+    def proprio_of_state(self, states: np.ndarray) -> np.ndarray:
+        s = np.asarray(states)
+        qpos, tcp = s[..., STATE_LAYOUT["qpos"]], s[..., STATE_LAYOUT["tcp_pose"]][..., :3]
+        return np.concatenate([tcp, qpos[..., 7:8] + qpos[..., 8:9]], -1).astype(np.float32)  # TCP xyz + fingers
 
     def goal_position(self) -> np.ndarray:
         """World position of the (hidden) goal marker (privileged; diagnostics only)."""

@@ -193,7 +193,10 @@ class MetaWorldTask(Task):
         return np.asarray(self.env._get_pos_objects()[:3], dtype=np.float64)
 
     def proprio(self) -> np.ndarray:
-        return np.asarray(self._obs[:4], dtype=np.float32)  # hand xyz + gripper opening
+        return self.proprio_of_state(self._obs)
+
+    def proprio_of_state(self, states: np.ndarray) -> np.ndarray:
+        return np.asarray(states, dtype=np.float32)[..., :4]  # hand xyz + gripper opening
 
     def close(self) -> None:
         self._renderer.close()

@@ -42,12 +42,14 @@ def image_cnn(c: int, h: int, w: int, out_dim: int) -> nn.Module:
 
 
 class KeypointFeatures(BaseFeaturesExtractor):
-    """points (keypoints, subgoal, ``diff_scale`` x (subgoal - keypoints), proprioception) -> MLP; with an 'image'
-    key also a 3-layer CNN over the frame (paper), concatenated."""
+    """points (keypoints, subgoal, ``diff_scale`` x (subgoal - keypoints), proprioception, and the lifted subgoal
+    of ``relam.rl.lift`` if the observation has 'lift') -> MLP; with an 'image' key also a 3-layer CNN over the
+    frame (paper), concatenated."""
 
     def __init__(self, observation_space, point_dim: int = 128, image_dim: int = 256, diff_scale: float = 1.0):
         spaces = observation_space.spaces
-        n_points = spaces["keypoints"].shape[0] * 3 + (spaces["state"].shape[0] if "state" in spaces else 0)
+        n_points = spaces["keypoints"].shape[0] * 3 + (spaces["state"].shape[0] if "state" in spaces else 0) \
+            + (spaces["lift"].shape[0] if "lift" in spaces else 0)
         has_image = "image" in spaces
         super().__init__(observation_space, point_dim + (image_dim if has_image else 0))
         self.diff_scale = diff_scale
@@ -59,7 +61,7 @@ class KeypointFeatures(BaseFeaturesExtractor):
 
     def forward(self, obs):
         kp, sg = obs["keypoints"], obs["subgoal"]
-        parts = [kp, sg, self.diff_scale * (sg - kp)] + ([obs["state"]] if "state" in obs else [])
+        parts = [kp, sg, self.diff_scale * (sg - kp)] + [obs[k] for k in ("state", "lift") if k in obs]
         out = [self.points(torch.cat(parts, -1))]
         if self.cnn is not None:
             out.append(self.cnn(obs["image"]))  # SB3's preprocess_obs already scaled the uint8 image to [0, 1]

@@ -12,13 +12,15 @@ xyz on the robot keypoints over all of them, applies the regressor to the SUBGOA
 the policy ``LIFT_SCALE * (lifted target - end effector)`` as three extra inputs. No privileged state is used:
 keypoints and proprioception are what the keypoint policy already observes.
 
-Measured (``cpu``, PickCube ``relam-gt``, 100 + 100 trajectories, successful trajectories only, MC-AWR, validation
-states, 20 episodes, success at 10k / 20k / 30k / 40k steps; README stage 06).
+Offline (``iql.subgoal_lift``) the regressor is fitted on the run's dataset; online (``ppo.subgoal_lift``) on the
+task's demonstrations (``demo_pairs``), and ``LiftObservation`` adds the feature to the env's observation as
+``obs['lift']``. Measurements: README, stages 05 and 06.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -115,3 +117,51 @@ class LiftedPolicy:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.learner.predict(self.lift.augment(x))
+
+
+def demo_pairs(cfg, task) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoints (N, 2K), proprioception (N, 4)) over every frame of the task's demos: the subgoal dataset's
+    keypoint tracks (stage 03) beside the robot's proprioception recorded with each frame (``task`` is a
+    ``relam.envs`` Task, which reads it from the recorded states)."""
+    from relam.data.demos import demo_path
+    from relam.data.store import open_h5, sim_path
+    from relam.perception.subgoals import SubgoalDataset, subgoal_path
+
+    ds = SubgoalDataset.load(subgoal_path(cfg.out, task.spec.name), task.spec.name)
+    path = demo_path(cfg, task.spec.name)
+    with open_h5(path) as f, open_h5(sim_path(path)) as g:
+        by_seed = {int(f[n].attrs["seed"]): n for n in f.keys() if n.startswith("ep_")}
+        states = {}
+        for seed in ds.seeds:
+            if int(seed) not in by_seed:
+                raise ValueError(f"demo seed {int(seed)} of {subgoal_path(cfg.out, task.spec.name)} is not in {path}: "
+                                 f"the subgoal dataset is older than the demos; rerun notebooks/03_keyframes.ipynb")
+            states[int(seed)] = g[by_seed[int(seed)]]["states"][()]
+    kps, props = [], []
+    for tracks, seed in zip(ds.tracks, ds.seeds):
+        n = min(len(tracks), len(states[int(seed)]))
+        kps.append(np.asarray(tracks[:n], np.float32).reshape(n, -1))
+        props.append(task.proprio_of_state(states[int(seed)][:n]))
+    return np.concatenate(kps), np.concatenate(props)
+
+
+class LiftObservation(gym.ObservationWrapper):
+    """Adds ``obs['lift']`` = ``LIFT_SCALE * (lift(subgoal) - end effector)`` (3,) to a ``ReLAMRewardWrapper``'s
+    observation (which must carry 'subgoal' and the proprioception as 'state')."""
+
+    def __init__(self, env: gym.Env, lift: SubgoalLift):
+        super().__init__(env)
+        spaces = env.observation_space.spaces
+        if "subgoal" not in spaces or "state" not in spaces:
+            raise ValueError("LiftObservation needs an observation with 'subgoal' and 'state' (the proprioception); "
+                             f"got {list(spaces)}")
+        if spaces["subgoal"].shape[0] != 2 * lift.K:
+            raise ValueError(f"the lift was fitted for K = {lift.K} keypoints, the env plans "
+                             f"{spaces['subgoal'].shape[0] // 2}")
+        self.lift = lift
+        self.observation_space = gym.spaces.Dict(
+            dict(spaces) | {"lift": gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)})
+
+    def observation(self, obs):
+        target = self.lift.predict(np.asarray(obs["subgoal"], np.float32)[None])[0]
+        return dict(obs) | {"lift": (LIFT_SCALE * (target - obs["state"][:3])).astype(np.float32)}

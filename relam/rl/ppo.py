@@ -91,6 +91,10 @@ class PPOConfig:
     stage threshold is ~5 px, i.e. differences of ~0.04 in normalised coordinates beside coordinates of ~0.5, so
     the errors the policy must drive to zero are tiny inputs of a tanh MLP. Measured at ``cpu`` (relam, x10, 3 seeds):
     drawer-open 73.3 -> 80.0 %, door-open 46.7 -> 0 %, so it stays 1 (README, PPO)."""
+    subgoal_lift: bool = False
+    """Ours (``relam.rl.lift``): the policy also sees ``10 * (lifted subgoal - hand)``, the subgoal's robot keypoints
+    lifted to a 3-D hand target by a regressor fitted on the task's demos (keypoint tracks -> recorded hand
+    position; kept as ``lift.pt`` in the run directory)."""
     eval_every: int = 20_000
     """Evaluate (and checkpoint) every this many environment steps."""
     eval_episodes: int = 10
@@ -157,8 +161,9 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
                                for frame, seed in zip(ds.first_frames, ds.seeds))
 
 
-def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None):
-    """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised)."""
+def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None):
+    """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised); with ``lift`` (a
+    ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'."""
     from relam.envs import make_task
     from relam.rl.env import ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
@@ -166,10 +171,14 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
         raise ValueError(f"unknown policy {cfg.ppo.policy!r}; choose 'pixels' or 'keypoints'")
     image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
     task = make_task(task_name, image_size=cfg.env.image_size)
-    return ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
-                              reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
-                              image_obs=image_obs,
-                              image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task.spec.prompts))
+    env = ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
+                             reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
+                             image_obs=image_obs,
+                             image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task.spec.prompts))
+    if lift is None:
+        return env
+    from relam.rl.lift import LiftObservation
+    return LiftObservation(env, lift)
 
 
 def keypoint_parts(cfg, prompts) -> np.ndarray:
@@ -313,7 +322,8 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
     return RunCallback()
 
 
-PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0}
+PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
+                         ("subgoal_lift",): False}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
@@ -380,7 +390,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip",
-                      "selected.zip"),
+                      "selected.zip", "lift.pt"),
                      budget=("ppo", "total_steps"), final_files=("model.zip",))
     if done is not None:
         return done
@@ -390,14 +400,15 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     p = cfg.ppo
     planner = make_planner(task, method, cfg)
     pool = np.arange(TRAIN_SEED_OFFSET, TRAIN_SEED_OFFSET + p.train_seed_pool)
-    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool),
+    lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
+    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
     if p.normalize_reward:
         venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=p.gamma)
     if p.gae_cut:
         venv = GAECutVecEnv(venv)
-    eval_env = make_env(task, planner, cfg)
+    eval_env = make_env(task, planner, cfg, lift=lift)
 
     state = {"evals": [], "progress": progress}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
@@ -446,6 +457,26 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
     if hasattr(planner.planner, "close"):
         planner.planner.close()
     return results
+
+
+def demo_lift(cfg, task: str, path: Path):
+    """The run's ``SubgoalLift``: loaded from ``path`` if saved, else fitted on the task's demos (``demo_pairs``)
+    and saved there atomically."""
+    from relam.envs import make_task
+    from relam.rl.lift import SubgoalLift, demo_pairs
+
+    if path.exists():
+        return SubgoalLift.load(path)
+    t = make_task(task, image_size=cfg.env.image_size)
+    try:
+        keypoints, proprio = demo_pairs(cfg, t)
+        parts = keypoint_parts(cfg, t.spec.prompts)
+    finally:
+        t.close()
+    lift = SubgoalLift(np.flatnonzero(parts == 0), len(parts)).fit(keypoints, proprio)
+    with atomic_path(path) as tmp:
+        lift.save(tmp)
+    return lift
 
 
 def _unwrap_vecnormalize(venv):
