@@ -14,7 +14,8 @@ keypoints and proprioception are what the keypoint policy already observes.
 
 Offline (``iql.subgoal_lift``) the regressor is fitted on the run's dataset; online (``ppo.subgoal_lift``) on the
 task's demonstrations (``demo_pairs``), and ``LiftObservation`` adds the feature to the env's observation as
-``obs['lift']``. Measurements: README, stages 05 and 06.
+``obs['lift']``. Both are options, off by default: measured at ``cpu`` they did not help (offline PickCube / PushCube,
+PPO door-open; README, stages 05 and 06).
 """
 from __future__ import annotations
 
