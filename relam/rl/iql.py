@@ -100,7 +100,9 @@ class IQLConfig:
     earned the success bonus, i.e. whose simulator success flag was ever 1: the bonus that every method's reward,
     ReLAM's and the env's, pays). See ``success_mask``. The ``cpu`` profile's setting, because MC-AWR's weighting lets
     PickCube's failing noisy trajectories (57 % of its transitions) through, while the top-half filter that stops them
-    also drops PushCube's useful successful noisy ones (README, stage 06)."""
+    also drops PushCube's useful successful noisy ones (README, stage 06). Measured at ``cpu`` (awr-mc, 3 seeds, 40k):
+    PickCube relam-gt 43.3 -> 56.7 % (50 states: 48.0 -> 63.3 %), PushCube relam / relam-gt / env-reward
+    93.3 / 100 / 93.3 -> 93.3 / 96.7 / 100 %; PickCube with generated plans stays at ~0."""
     mc_beta: float = 1.0
     """'awr-mc' only: inverse temperature of the weights exp(beta * A / std(A)) (0 = plain cloning of all data)."""
     value_steps: int = 5000
@@ -521,7 +523,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     return results
 
 
-def _subgoal_lift(c: IQLConfig, run_dir: Path, data_path: Path, env, seed: int) -> SubgoalLift:
+def _subgoal_lift(c: IQLConfig, run_dir: Path, data_path: Path, env, seed: int) -> "relam.rl.lift.SubgoalLift":
     """The run's ``SubgoalLift``: loaded from ``lift.pt`` when the run resumes, else fitted on every transition of
     the relabelled file (all trajectories: the lift needs poses, not good actions) and saved."""
     from relam.rl.lift import SubgoalLift

@@ -56,7 +56,8 @@ class SubgoalLift:
     def fit(self, keypoints: np.ndarray, proprio: np.ndarray) -> "SubgoalLift":
         """Regress ``proprio[:, :3]`` on the robot's columns of ``keypoints`` (N, 2K); N >= 2."""
         keypoints, proprio = np.asarray(keypoints, np.float32), np.asarray(proprio, np.float32)
-        if keypoints.ndim != 2 or keypoints.shape[1] != 2 * self.K or len(keypoints) != len(proprio) or len(proprio) < 2:
+        if keypoints.ndim != 2 or keypoints.shape[1] != 2 * self.K or len(keypoints) != len(proprio) \
+                or len(proprio) < 2:
             raise ValueError(f"subgoal lifting fits on (N, {2 * self.K}) keypoints and (N, >=3) proprioception, "
                              f"N >= 2; got {keypoints.shape} and {proprio.shape}")
         x, y = torch.as_tensor(keypoints[:, self.cols]), torch.as_tensor(proprio[:, :3])
