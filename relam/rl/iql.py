@@ -488,6 +488,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
             (run_dir / name).unlink(missing_ok=True)
     resumed = state["epoch"] > 0
     learner = Learner(c, seed, data, ckpt_path if resume else None, progress)
+    policy = learner if lift is None else LiftedPolicy(learner, lift)
     del data
     t0 = time.perf_counter()
     steps_done = 0
@@ -498,8 +499,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                            [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
-        res = evaluate(learner if lift is None else LiftedPolicy(learner, lift), env, c.eval_episodes,
-                       c.image_size if pixels else None)
+        res = evaluate(policy, env, c.eval_episodes, c.image_size if pixels else None)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
                        [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
@@ -524,19 +524,15 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
 
 
 def _subgoal_lift(c: IQLConfig, run_dir: Path, data_path: Path, env, seed: int) -> "relam.rl.lift.SubgoalLift":
-    """The run's ``SubgoalLift``: loaded from ``lift.pt`` when the run resumes, else fitted on every transition of
-    the relabelled file (all trajectories: the lift needs poses, not good actions) and saved."""
-    from relam.rl.lift import SubgoalLift
+    """The run's ``SubgoalLift`` (``relam.rl.lift.load_or_fit``), fitted on every transition of the relabelled file
+    (all trajectories: the lift needs poses, not good actions)."""
+    from relam.rl.lift import SubgoalLift, load_or_fit
 
-    path = run_dir / "lift.pt"
-    if path.exists():
-        return SubgoalLift.load(path)
-    with np.load(data_path) as d:
-        keypoints, state = d["keypoints"], d["state"]
-    lift = SubgoalLift(np.flatnonzero(np.asarray(env.parts) == 0), env.K, seed=seed).fit(keypoints, state)
-    with atomic_path(path) as tmp:
-        lift.save(tmp)
-    return lift
+    def fit():
+        with np.load(data_path) as d:
+            keypoints, state = d["keypoints"], d["state"]
+        return SubgoalLift(np.flatnonzero(np.asarray(env.parts) == 0), env.K, seed=seed).fit(keypoints, state)
+    return load_or_fit(run_dir / "lift.pt", fit)
 
 
 def run_grid(cfg, progress: bool = True) -> list[dict]:

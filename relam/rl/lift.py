@@ -20,6 +20,7 @@ PPO door-open; README, stages 05 and 06).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -94,9 +95,12 @@ class SubgoalLift:
             raise ValueError(f"subgoal lifting expects flat keypoint observations of >= {n} entries for K = {self.K} "
                              f"keypoints; got {obs.shape[-1]}: was the lift fitted for another keypoint count?")
         flat = obs.reshape(-1, obs.shape[-1])[:, -n:]
-        subgoal, ee = flat[:, 2 * self.K:4 * self.K], flat[:, 6 * self.K:6 * self.K + 3]
-        feat = LIFT_SCALE * (self.predict(subgoal) - ee)
-        return np.concatenate([obs, feat.reshape(obs.shape[:-1] + (3,)).astype(np.float32)], -1)
+        feat = self.offset(flat[:, 2 * self.K:4 * self.K], flat[:, 6 * self.K:6 * self.K + 3])
+        return np.concatenate([obs, feat.reshape(obs.shape[:-1] + (3,))], -1)
+
+    def offset(self, subgoal: np.ndarray, end_effector: np.ndarray) -> np.ndarray:
+        """The policy feature ``LIFT_SCALE * (lift(subgoal) - end effector)``: (N, 2K), (N, 3) -> (N, 3) float32."""
+        return (LIFT_SCALE * (self.predict(subgoal) - end_effector)).astype(np.float32)
 
     def save(self, path: Path | str) -> None:
         torch.save({"robot": self.robot, "K": self.K, "settings": self.settings, "net": self.net.state_dict(),
@@ -109,6 +113,19 @@ class SubgoalLift:
         lift.net.load_state_dict(ck["net"])
         lift.stats, lift.fit_error = ck["stats"], ck["fit_error"]
         return lift
+
+
+def load_or_fit(path: Path, fit: Callable[[], SubgoalLift]) -> SubgoalLift:
+    """A run's lift: loaded from ``path`` (a resumed run keeps the lift it trained with), else ``fit()`` and saved
+    there atomically."""
+    from relam.io import atomic_path
+
+    if path.exists():
+        return SubgoalLift.load(path)
+    lift = fit()
+    with atomic_path(path) as tmp:
+        lift.save(tmp)
+    return lift
 
 
 class LiftedPolicy:
@@ -165,5 +182,5 @@ class LiftObservation(gym.ObservationWrapper):
             dict(spaces) | {"lift": gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)})
 
     def observation(self, obs):
-        target = self.lift.predict(np.asarray(obs["subgoal"], np.float32)[None])[0]
-        return dict(obs) | {"lift": (LIFT_SCALE * (target - obs["state"][:3])).astype(np.float32)}
+        return dict(obs) | {"lift": self.lift.offset(np.asarray(obs["subgoal"], np.float32)[None],
+                                                     obs["state"][None, :3])[0]}

@@ -461,23 +461,19 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
 
 
 def demo_lift(cfg, task: str, path: Path):
-    """The run's ``SubgoalLift``: loaded from ``path`` if saved, else fitted on the task's demos (``demo_pairs``)
-    and saved there atomically."""
+    """The run's ``SubgoalLift`` (``relam.rl.lift.load_or_fit``), fitted on the task's demos (``demo_pairs``)."""
     from relam.envs import make_task
-    from relam.rl.lift import SubgoalLift, demo_pairs
+    from relam.rl.lift import SubgoalLift, demo_pairs, load_or_fit
 
-    if path.exists():
-        return SubgoalLift.load(path)
-    t = make_task(task, image_size=cfg.env.image_size)
-    try:
-        keypoints, proprio = demo_pairs(cfg, t)
-        parts = keypoint_parts(cfg, t.spec.prompts)
-    finally:
-        t.close()
-    lift = SubgoalLift(np.flatnonzero(parts == 0), len(parts)).fit(keypoints, proprio)
-    with atomic_path(path) as tmp:
-        lift.save(tmp)
-    return lift
+    def fit():
+        t = make_task(task, image_size=cfg.env.image_size)
+        try:
+            keypoints, proprio = demo_pairs(cfg, t)
+            parts = keypoint_parts(cfg, t.spec.prompts)
+        finally:
+            t.close()
+        return SubgoalLift(np.flatnonzero(parts == 0), len(parts)).fit(keypoints, proprio)
+    return load_or_fit(path, fit)
 
 
 def _unwrap_vecnormalize(venv):
