@@ -68,8 +68,13 @@ def _tiny_cfg(tmp_path, **ppo):
 
 def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
     cfg = _tiny_cfg(tmp_path)
-    res = train_run(cfg, "drawer-open", "relam-gt", 0)
     rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    with pytest.raises(TypeError, match="on_eval must be None or a callable"):
+        train_run(cfg, "drawer-open", "relam-gt", 0, on_eval=True)   # refused before anything is written
+    assert not rd.exists()
+    seen = []
+    res = train_run(cfg, "drawer-open", "relam-gt", 0, on_eval=lambda step, ev: seen.append((step, ev["success_rate"])))
+    assert [s for s, _ in seen] == [200, 400] and seen[-1][1] == res["final_eval"]["success_rate"]
     for name in ("config.json", "train.csv", "eval.csv", "results.json", "model.zip", "checkpoint.zip",
                  "vecnormalize.pkl"):
         assert (rd / name).exists(), name

@@ -253,7 +253,8 @@ def evaluate(model, env, episodes: int, **kwargs) -> dict:
 
 
 def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict:
-    """One evaluation (plus validation, if on) of the current model: appended to ``state['evals']`` and eval.csv.
+    """One evaluation (plus validation, if on) of the current model: appended to ``state['evals']`` and eval.csv,
+    then passed to ``state['on_eval']`` if set.
     Call ``save_checkpoint`` after it: the checkpoint, then the selection, follow the evaluation history."""
     res = evaluate(model, env, p.eval_episodes)
     if p.validation_episodes > 0:
@@ -262,6 +263,8 @@ def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict
                 "validation_last_subgoal_rate": val["last_subgoal_rate"]}
     state["evals"].append({"step": model.num_timesteps, **res})
     append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
+    if state.get("on_eval") is not None:
+        state["on_eval"](model.num_timesteps, res)
     return res
 
 
@@ -317,8 +320,6 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
                 if key in res:
                     self.logger.record(f"eval/{key}", res[key])
             save_checkpoint(run_dir, self.model, state)
-            if state.get("progress") is not None:
-                state["progress"](self.num_timesteps, res)
 
     return RunCallback()
 
@@ -380,8 +381,13 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
             **perception_setting(cfg), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 
-def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
-    """Train (or resume, or skip if finished) one PPO run; returns its results.json content."""
+def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
+    """Train (or resume, or skip if finished) one PPO run; returns its results.json content. ``on_eval``: None or a
+    callable ``(env_steps, evaluation dict)``, called after every evaluation (e.g. to plot a live curve)."""
+    if on_eval is not None and not callable(on_eval):
+        # checked up front: found at the first evaluation it would end a run after its first ``eval_every`` steps
+        raise TypeError(f"on_eval must be None or a callable (env_steps, evaluation), got {on_eval!r}; PPO runs "
+                        "print no progress bar of their own (the grid's bar counts runs)")
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -411,7 +417,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress=None) -> dict:
         venv = GAECutVecEnv(venv)
     eval_env = make_env(task, planner, cfg, lift=lift)
 
-    state = {"evals": [], "progress": progress}
+    state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
     if resumed:
         if p.normalize_reward and (run_dir / "vecnormalize.pkl").exists():
