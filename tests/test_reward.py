@@ -64,6 +64,35 @@ def test_max_criterion_needs_every_point_but_mean_does_not():
     assert StageMachine(_plan(), RewardConfig(criterion="mean")).step(pts).stage_reached
 
 
+def test_part_criterion_needs_every_part_on_average_and_no_part_makes_up_for_another():
+    plan = np.zeros((2, 4, 2))                 # x^0 and one subgoal: 3 robot points and 1 object point at 0
+    parts = [0, 0, 0, 1]
+    cfg = dict(delta=0.04, part_weighting="part")
+
+    def reached(criterion, pts, parts=parts):
+        return StageMachine(plan, RewardConfig(criterion=criterion, **cfg), parts).step(np.asarray(pts)).stage_reached
+
+    # one robot point 0.07 off, the other two on target: the robot's mean 0.023 < delta, its max 0.07 > delta
+    one_off = [[0.07, 0], [0, 0], [0, 0], [0.01, 0]]
+    assert reached("part", one_off) and not reached("max", one_off)
+    # the arm exactly on its subgoal, the object 0.06 away: the part-weighted mean (0.03) passes, 'part' does not
+    object_behind = [[0, 0], [0, 0], [0, 0], [0.06, 0]]
+    assert reached("mean", object_behind) and not reached("part", object_behind)
+    # parts unknown: every keypoint is its own part, so 'part' is 'max'
+    assert not reached("part", one_off, parts=None)
+    assert reached("part", [[0.03, 0], [0, 0.03], [0, 0], [0.03, 0]], parts=None)
+
+
+def test_generated_plans_can_have_their_own_criterion():
+    cfg = RewardConfig(criterion="max", criterion_generated="part", delta_generated=0.05)
+    assert cfg.for_plan(generated=False).criterion == "max" and cfg.for_plan(generated=True).criterion == "part"
+    assert RewardConfig(delta_generated=0.05).for_plan(True).criterion == "max"   # None: the common criterion
+    assert cfg.settings(True)["criterion"] == "part" and "criterion_generated" not in cfg.settings(True)
+    assert cfg.settings(False) == RewardConfig().settings(False)            # ground-truth runs stay current
+    with pytest.raises(ValueError, match="criterion_generated"):
+        RewardConfig(criterion_generated="median")
+
+
 def test_subgoal_success_source_fires_on_last_subgoal_and_env_source_ignores_it():
     on_g1, on_g2 = np.array([[0.3, 0.1], [0.5, 0.5]]), np.array([[0.3, 0.1], [0.7, 0.5]])
     m = StageMachine(_plan(), RewardConfig(success_source="subgoals"))
