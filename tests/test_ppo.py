@@ -347,3 +347,35 @@ def test_diff_scale_multiplies_only_the_subgoal_difference_and_is_absent_from_co
     cfg.ppo.diff_scale = 10.0
     assert policy_kwargs(cfg.ppo)["features_extractor_kwargs"] == {"diff_scale": 10.0}
     assert run_config(cfg, "drawer-open", "relam-gt", 0)["ppo"]["diff_scale"] == 10.0
+
+
+def test_expert_passes_its_own_plan_but_not_a_displaced_one(tmp_path):
+    """relam.rl.plan_check: the diagnostic that found door-open's generated plans impassable (README, stage 05)."""
+    from relam.rl.plan_check import expert_plan_check
+    from relam.rl.ppo import make_env, make_planner
+
+    cfg = _tiny_cfg(tmp_path)
+    planner = make_planner("drawer-open", "relam-gt", cfg)
+    own = expert_plan_check(make_env("drawer-open", planner, cfg), episodes=2)
+    assert own["success_rate"] == 1.0 and own["stage_share"] == 1.0
+    assert own["stages_passed"] == own["num_stages"] and min(own["num_stages"]) >= 1
+
+    class Displaced:
+        """The same plans with every subgoal after x^0 moved 0.3 image widths: out of the expert's way."""
+        lookup = None
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, frame, info):
+            plan = np.array(self.inner(frame, info))
+            plan[1:, :, 0] += 0.3
+            return plan
+
+    moved = expert_plan_check(make_env("drawer-open", Displaced(planner), cfg), episodes=2)
+    assert moved["success_rate"] == 1.0 and moved["stage_share"] == 0.0
+    with pytest.raises(ValueError, match="episodes"):
+        expert_plan_check(make_env("drawer-open", planner, cfg), episodes=0)

@@ -44,6 +44,7 @@ class TaskEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(task.action_dim,), dtype=np.float32)
         self.task_seed = None
+        self.last_state = None
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -53,11 +54,11 @@ class TaskEnv(gym.Env):
             self.task_seed = int(self.seed_pool[self.np_random.integers(len(self.seed_pool))])
         else:
             self.task_seed = int(self.np_random.integers(2 ** 31 - 1))
-        self.task.reset(self.task_seed)
+        self.last_state = self.task.reset(self.task_seed)   # privileged; for the scripted expert only
         return self.task.proprio(), {"task_seed": self.task_seed}
 
     def step(self, action):
-        _, reward, terminated, truncated, info = self.task.step(np.asarray(action, np.float32))
+        self.last_state, reward, terminated, truncated, info = self.task.step(np.asarray(action, np.float32))
         return self.task.proprio(), float(reward), bool(terminated), bool(truncated), info
 
     def render(self):
