@@ -39,7 +39,7 @@ def expert_plan_check(env, episodes: int = 10, seed_offset: int = VALIDATION_SEE
             stages = info["stage"] + int(info["reached_last"])
             if info.get("success") and not won:
                 won, left = True, after_success
-            if truncated or (left is not None and (left := left - 1) < 0) or info["reached_last"]:
+            if truncated or (left is not None and (left := left - 1) < 0):
                 break
         passed.append(stages)
         planned.append(int(info["num_stages"]))
