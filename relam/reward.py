@@ -140,15 +140,23 @@ def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
 STAGE_CRITERIA = ("max", "mean", "part")
 
 
+def part_labels(parts, num_keypoints: int) -> np.ndarray:
+    """(K,) part of each keypoint, checked against K; None (parts unknown): every keypoint its own part."""
+    if parts is None:
+        return np.arange(num_keypoints)
+    parts = np.asarray(parts).ravel()
+    if len(parts) != num_keypoints:
+        raise ValueError(f"parts has {len(parts)} entries but the plan has K = {num_keypoints} keypoints")
+    return parts
+
+
 def keypoint_weights(cfg: RewardConfig, parts, num_keypoints: int) -> list[float] | None:
     """Weights of the K keypoint distances in d_k (they sum to 1), or None for the plain mean (Eq. 3).
     ``parts``: (K,) the part (prompt index) each keypoint belongs to; None (parts unknown) counts every keypoint as
     one part, i.e. the plain mean."""
     if cfg.part_weighting == "keypoint" or parts is None:
         return None
-    parts = np.asarray(parts).ravel()
-    if len(parts) != num_keypoints:
-        raise ValueError(f"parts has {len(parts)} entries but the plan has K = {num_keypoints} keypoints")
+    parts = part_labels(parts, num_keypoints)
     labels, counts = np.unique(parts, return_counts=True)
     share = {int(l): 1.0 / (len(labels) * c) for l, c in zip(labels, counts)}
     return [share[int(p)] for p in parts]
@@ -215,9 +223,7 @@ class StageMachine:
         self.targets = plan[1:]
         self.weights = keypoint_weights(cfg, parts, plan.shape[1])
         # the 'part' criterion's groups of keypoint indices; unknown parts: every keypoint alone (= 'max')
-        labels = np.arange(plan.shape[1]) if parts is None else np.asarray(parts).ravel()
-        if len(labels) != plan.shape[1]:
-            raise ValueError(f"parts has {len(labels)} entries but the plan has K = {plan.shape[1]} keypoints")
+        labels = part_labels(parts, plan.shape[1])
         self._groups = [np.flatnonzero(labels == q).tolist() for q in np.unique(labels)]
         self._target_rows = [t.ravel().tolist() for t in self.targets]   # per-step distances in plain Python
         self.k = 0
