@@ -109,6 +109,30 @@ def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
     assert not train_run(cfg, "drawer-open", "relam-gt", 0)["resumed"]
 
 
+def test_normalize_obs_run_evaluates_with_its_saved_statistics(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import evaluate, load_normalizer, make_env, make_planner
+
+    cfg = _tiny_cfg(tmp_path, normalize_obs=True)
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert json.loads((rd / "config.json").read_text())["ppo"]["normalize_obs"] is True
+    vn = load_normalizer(rd)
+    assert vn.norm_obs and set(vn.obs_rms) == {"keypoints", "subgoal", "state"}
+    assert vn.obs_rms["state"].count > 400 and np.all(vn.obs_rms["state"].var > 0)   # statistics were gathered
+    env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg)
+    model = PPO.load(rd / "model.zip", device="cpu")
+    final = evaluate(model, env, 1, normalizer=vn)
+    assert final["mean_return"] == pytest.approx(res["final_eval"]["mean_return"], rel=1e-6)
+    obs, _ = env.reset(options={"task_seed": 1_000_000})
+    scaled = vn.normalize_obs(obs)
+    assert not np.allclose(scaled["state"], obs["state"])   # the policy really saw standardised inputs
+    # off (the default): absent from the run config, so runs made before the option stay current
+    cfg_off = _tiny_cfg(tmp_path / "off")
+    from relam.rl.ppo import run_config
+    assert "normalize_obs" not in run_config(cfg_off, "drawer-open", "relam-gt", 0)["ppo"]
+
+
 def test_tiny_pixel_policy_with_generated_subgoals(tmp_path):
     """The paper's setting end to end: image + keypoints policy, subgoals from an anticipation checkpoint."""
     from relam.models.anticipation import AnticipationModel, AnticipationModelConfig

@@ -84,6 +84,10 @@ class PPOConfig:
     """Cut GAE at subgoal completion (paper App. A.3); False for the ablation."""
     normalize_reward: bool = True
     """Divide rewards by the running std of the discounted return (paper)."""
+    normalize_obs: bool = False
+    """Ours: also standardise the point observations (keypoints, subgoal, proprioception; not the image) by their
+    running mean and std (SB3's ``VecNormalize(norm_obs=True)``, clipped at 10 std); the statistics are saved in
+    ``vecnormalize.pkl`` and used, frozen, at evaluation."""
     net_arch: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layers of the policy and value MLPs after the feature extractor (ours)."""
     diff_scale: float = 1.0
@@ -247,9 +251,28 @@ def reward_setting(cfg, task: str, generated: bool, anticipation_run: str) -> di
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
-def evaluate(model, env, episodes: int, **kwargs) -> dict:
-    """Deterministic PPO policy on held-out initial states (``relam.rl.runs.evaluate_policy``)."""
+def evaluate(model, env, episodes: int, normalizer=None, **kwargs) -> dict:
+    """Deterministic PPO policy on held-out initial states (``relam.rl.runs.evaluate_policy``). ``normalizer``: the
+    run's ``VecNormalize`` (default: the model's own training env's); with ``normalize_obs`` the policy sees its
+    observations standardised by those frozen statistics. A model loaded from a file has no env: pass
+    ``load_normalizer(run_dir)``."""
+    vn = normalizer if normalizer is not None else model.get_vec_normalize_env()
+    if vn is not None and vn.norm_obs:
+        return evaluate_policy(lambda obs: model.predict(vn.normalize_obs(obs), deterministic=True)[0], env,
+                               episodes, **kwargs)
     return evaluate_policy(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes, **kwargs)
+
+
+def load_normalizer(run_dir: Path):
+    """The run's saved ``VecNormalize`` statistics (``vecnormalize.pkl``), frozen, or None if it has none."""
+    import pickle
+    path = Path(run_dir) / "vecnormalize.pkl"
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        vn = pickle.load(f)
+    vn.training = False
+    return vn
 
 
 def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict:
@@ -325,7 +348,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
 
 
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
-                         ("subgoal_lift",): False}
+                         ("subgoal_lift",): False, ("normalize_obs",): False}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
@@ -411,8 +434,10 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
-    if p.normalize_reward:
-        venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=p.gamma)
+    if p.normalize_reward or p.normalize_obs:
+        keys = [k for k in venv.observation_space.spaces if k != "image"] if p.normalize_obs else None
+        venv = VecNormalize(venv, norm_obs=p.normalize_obs, norm_reward=p.normalize_reward, gamma=p.gamma,
+                            norm_obs_keys=keys)
     if p.gae_cut:
         venv = GAECutVecEnv(venv)
     eval_env = make_env(task, planner, cfg, lift=lift)
@@ -420,9 +445,11 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
     if resumed:
-        if p.normalize_reward and (run_dir / "vecnormalize.pkl").exists():
+        if (p.normalize_reward or p.normalize_obs) and (run_dir / "vecnormalize.pkl").exists():
             stats = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), venv.venv if p.gae_cut else venv)
             _unwrap_vecnormalize(venv).ret_rms = stats.ret_rms
+            if p.normalize_obs:
+                _unwrap_vecnormalize(venv).obs_rms = stats.obs_rms
         model = PPO.load(run_dir / "checkpoint.zip", env=venv, device="cpu")
         state["evals"] = json.loads((run_dir / "state.json").read_text())["evals"]
         # the CSVs may hold rows written after the checkpoint: keep only what the checkpoint covers
