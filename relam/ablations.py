@@ -54,7 +54,11 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
             raise FileNotFoundError(f"{src} is missing: run notebooks/{stage}.ipynb for profile "
                                     f"{cfg.profile!r} before an ablation that reuses it")
         if not link.exists():
-            os.symlink(os.path.relpath(src, out), link)
+            try:
+                os.symlink(os.path.relpath(src, out), link)
+            except FileExistsError:   # runs of one ablation started at once: another process linked it first
+                if not link.resolve() == src.resolve():
+                    raise
     base = cfg.to_dict()
     base.pop("profile", None)
     return load_config(cfg.profile, _merge_dicts(base, {**overrides, "results_dir": str(out)}))

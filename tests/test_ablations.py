@@ -35,6 +35,29 @@ def test_ablation_config_overrides_settings_and_shares_demos(tmp_path):
         ablation_config(cfg, "../x", {})
 
 
+def test_ablation_runs_started_at_once_share_the_links(tmp_path, monkeypatch):
+    """Two processes of one ablation: the other one links 'demos' between our check and our symlink."""
+    import os
+    import relam.ablations as ablations
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res")})
+    for d in ("demos", "offline"):
+        (cfg.out / d).mkdir(parents=True)
+    real = os.symlink
+
+    def racing(src, dst):
+        real(src, dst)   # the other process wins the race ...
+        real(src, dst)   # ... and ours fails with FileExistsError
+
+    monkeypatch.setattr(ablations.os, "symlink", racing)
+    abl = ablation_config(cfg, "both", {})
+    assert (abl.out / "demos").resolve() == (cfg.out / "demos").resolve()
+    # a link to something else is not ours to accept
+    monkeypatch.setattr(ablations.os, "symlink", lambda src, dst: (real(str(tmp_path), dst), real(src, dst)))
+    with pytest.raises(FileExistsError):
+        ablation_config(cfg, "other", {})
+
+
 def test_an_ablation_can_reuse_the_profiles_subgoals_and_models(tmp_path):
     cfg = load_config("smoke", {"results_dir": str(tmp_path / "res")})
     for d in ("demos", "offline", "subgoals"):
