@@ -48,7 +48,10 @@ class RewardConfig:
     policy that puts the arm on a subgoal without moving the object loses little (SPEC §5: "the object's share
     of the distance must not be negligible"); 'part' gives it 1/2. Needs the keypoints' parts
     (``StageMachine(parts=)``, ``ReLAMRewardWrapper(keypoint_parts=)``; unknown parts: the plain mean). Measured at
-    ``cpu`` (relam-gt, PPO 150k steps, 3 seeds, final evaluation): drawer-open 80 -> 96.7 %, door-open 10 -> 23.3 %."""
+    ``cpu`` (relam-gt, PPO 150k steps, 3 seeds, final evaluation): drawer-open 80 -> 96.7 %, door-open 10 -> 23.3 %.
+    'max' (ours): d_k is the LARGEST single keypoint distance, the quantity the 'max' stage criterion thresholds,
+    so the reward always pays for the point that blocks the stage (with 'part', a hand point 8 px off its subgoal
+    moves d_k by 8/6 px: the robot's half of d_k is shared by its 3 points)."""
     criterion: str = "max"
     """'max': stage reached when every keypoint is within delta of its target (default: closes the gap of
     SPEC §5); 'mean': when the mean distance d_k < delta (Eq. 3 read literally; gameable); 'part' (ours): when
@@ -91,8 +94,8 @@ class RewardConfig:
     def __post_init__(self):
         if self.function not in REWARD_FUNCTIONS:
             raise ValueError(f"unknown reward function {self.function!r}; choose one of {REWARD_FUNCTIONS}")
-        if self.part_weighting not in ("keypoint", "part"):
-            raise ValueError(f"unknown part_weighting {self.part_weighting!r}; choose 'keypoint' or 'part'")
+        if self.part_weighting not in ("keypoint", "part", "max"):
+            raise ValueError(f"unknown part_weighting {self.part_weighting!r}; choose 'keypoint', 'part' or 'max'")
         for name in ("criterion", "criterion_generated"):
             value = getattr(self, name)
             if value not in STAGE_CRITERIA and not (name == "criterion_generated" and value is None):
@@ -154,7 +157,7 @@ def keypoint_weights(cfg: RewardConfig, parts, num_keypoints: int) -> list[float
     """Weights of the K keypoint distances in d_k (they sum to 1), or None for the plain mean (Eq. 3).
     ``parts``: (K,) the part (prompt index) each keypoint belongs to; None (parts unknown) counts every keypoint as
     one part, i.e. the plain mean."""
-    if cfg.part_weighting == "keypoint" or parts is None:
+    if cfg.part_weighting in ("keypoint", "max") or parts is None:
         return None
     parts = part_labels(parts, num_keypoints)
     labels, counts = np.unique(parts, return_counts=True)
@@ -267,8 +270,11 @@ class StageMachine:
             per_point = [math.hypot(flat[i] - t[i], flat[i + 1] - t[i + 1]) for i in range(0, len(t), 2)]
             per_point = [d if math.isfinite(d) else cfg.d_max for d in per_point]
             w = self.weights
-            dist = sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
             dmax = max(per_point)
+            if cfg.part_weighting == "max":
+                dist = dmax
+            else:
+                dist = sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
             reward = float(self.f(dist))
             if cfg.criterion == "max":
                 crit = dmax

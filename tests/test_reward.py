@@ -333,6 +333,24 @@ def test_wrapper_clips_keypoint_observations_and_survives_a_lost_point():
     assert obs["keypoints"].tolist() == [COORD_LOW, COORD_LOW, 0.5, 0.5] and np.isfinite(r)
 
 
+def test_max_weighting_rewards_the_farthest_keypoint():
+    plan = np.zeros((2, 4, 2))
+    pts = np.zeros((4, 2))
+    pts[0, 0] = 0.2                      # one point far, the others on their subgoals
+    cfg = RewardConfig(part_weighting="max")
+    s = StageMachine(plan, cfg, parts=[0, 0, 0, 1]).step(pts)
+    assert s.distance == pytest.approx(0.2) and s.reward == pytest.approx(float(reward_function(cfg)(0.2)))
+    part = StageMachine(plan, RewardConfig(part_weighting="part"), parts=[0, 0, 0, 1]).step(pts)
+    assert part.distance == pytest.approx(0.2 / 6) and s.reward < part.reward
+    # moving the far point closer raises the reward
+    closer = pts.copy()
+    closer[0, 0] = 0.1
+    assert StageMachine(plan, cfg).step(closer).reward > s.reward
+    assert "part_weighting" in cfg.settings(False)
+    with pytest.raises(ValueError, match="unknown part_weighting"):
+        RewardConfig(part_weighting="median")
+
+
 def test_stage_machine_distances_match_the_vectorised_eq3():
     """The stage machine's per-step distances (plain Python) equal ``keypoint_distance`` with the part weights."""
     from relam.reward import keypoint_distance, keypoint_weights
