@@ -80,7 +80,8 @@ class RewardConfig:
     stage_bonus: float = 1.0
     """r_stage, paid once per subgoal reached (ours)."""
     success_bonus: float = 10.0
-    """r_success, paid when the task is accomplished; the episode then ends (ours)."""
+    """r_success, paid when the task is accomplished; the episode then ends (ours). 50 instead of 10 (door-open
+    ``relam``, ``cpu``, 3 seeds, stopped at 90k steps, 2026-12-02): 10 / 0 / 0 % and 1.3-1.9 stages, as with 10."""
     success_source: str = "env"
     """'env': the simulator's success flag (default); 'subgoals': reaching the last subgoal (gameable; only for
     settings with no success detector)."""
