@@ -89,7 +89,7 @@ class PPOConfig:
     running mean and std (SB3's ``VecNormalize(norm_obs=True)``, clipped at 10 std); the statistics are saved in
     ``vecnormalize.pkl`` and used, frozen, at evaluation. Measured at ``cpu`` (door-open, 150k, 3 seeds, final
     evaluation, 2026-12-02): ``relam`` 0 / 0 / 0 % (the profile on the same machine 0 / 10 / 10), ``relam-gt``
-    0 / 30 / 40 % (Table 4: 26.7 %), both 1.0-1.5 stages reached; so it stays off."""
+    0 / 30 / 40 % (validation-selected 0 / 20 / 40; Table 4: 26.7 %), both 1.0-1.5 stages reached; so it stays off."""
     net_arch: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden layers of the policy and value MLPs after the feature extractor (ours)."""
     diff_scale: float = 1.0
