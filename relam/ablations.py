@@ -57,7 +57,7 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
             try:
                 os.symlink(os.path.relpath(src, out), link)
             except FileExistsError:   # runs of one ablation started at once: another process linked it first
-                if not link.resolve() == src.resolve():
+                if link.resolve() != src.resolve():
                     raise
     base = cfg.to_dict()
     base.pop("profile", None)

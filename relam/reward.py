@@ -50,8 +50,9 @@ class RewardConfig:
     (``StageMachine(parts=)``, ``ReLAMRewardWrapper(keypoint_parts=)``; unknown parts: the plain mean). Measured at
     ``cpu`` (relam-gt, PPO 150k steps, 3 seeds, final evaluation): drawer-open 80 -> 96.7 %, door-open 10 -> 23.3 %.
     'max' (ours): d_k is the LARGEST single keypoint distance, the quantity the 'max' stage criterion thresholds,
-    so the reward always pays for the point that blocks the stage (with 'part', a hand point 8 px off its subgoal
-    moves d_k by 8/6 px: the robot's half of d_k is shared by its 3 points). Measured with 'max' (door-open, ``cpu``,
+    so the reward always pays for the point that blocks the stage (the 'mean' criterion then thresholds it too;
+    with 'part', a hand point 8 px off its subgoal moves d_k by 8/6 px: the robot's half of d_k is shared by its
+    3 points). Measured with 'max' (door-open, ``cpu``,
     150k, 3 seeds, validation-selected, 2026-12-02): ``relam`` 0 / 0 / 0 %, ``relam-gt`` 0 / 30 / 20 % (final
     0 / 40 / 20), 1.4-2.6 stages reached: no gain over 'part', which stays."""
     criterion: str = "max"

@@ -259,10 +259,8 @@ def evaluate(model, env, episodes: int, normalizer=None, **kwargs) -> dict:
     observations standardised by those frozen statistics. A model loaded from a file has no env: pass
     ``load_normalizer(run_dir)``."""
     vn = normalizer if normalizer is not None else model.get_vec_normalize_env()
-    if vn is not None and vn.norm_obs:
-        return evaluate_policy(lambda obs: model.predict(vn.normalize_obs(obs), deterministic=True)[0], env,
-                               episodes, **kwargs)
-    return evaluate_policy(lambda obs: model.predict(obs, deterministic=True)[0], env, episodes, **kwargs)
+    seen = vn.normalize_obs if vn is not None and vn.norm_obs else (lambda obs: obs)
+    return evaluate_policy(lambda obs: model.predict(seen(obs), deterministic=True)[0], env, episodes, **kwargs)
 
 
 def load_normalizer(run_dir: Path):
