@@ -52,9 +52,8 @@ class RewardConfig:
     'max' (ours): d_k is the LARGEST single keypoint distance, the quantity the 'max' stage criterion thresholds,
     so the reward always pays for the point that blocks the stage (the 'mean' criterion then thresholds it too;
     with 'part', a hand point 8 px off its subgoal moves d_k by 8/6 px: the robot's half of d_k is shared by its
-    3 points). Measured with 'max' (door-open, ``cpu``,
-    150k, 3 seeds, validation-selected, 2026-12-02): ``relam`` 0 / 0 / 0 %, ``relam-gt`` 0 / 30 / 20 % (final
-    0 / 40 / 20), 1.4-2.6 stages reached; drawer-open ``relam`` 100 / 60 / 90 % (final 80 / 30 / 90) against 'part''s
+    3 points). Measured with 'max' (door-open, ``cpu``, 150k, 3 seeds, validation-selected, 2026-12-02): ``relam``
+    0 / 0 / 0 %, ``relam-gt`` 0 / 30 / 20 % (final 0 / 40 / 20), 1.4-2.6 stages reached; drawer-open ``relam`` 100 / 60 / 90 % (final 80 / 30 / 90) against 'part''s
     70 / 100 / 90 (final 70 / 100 / 80) on the same machine: no gain over 'part', which stays."""
     criterion: str = "max"
     """'max': stage reached when every keypoint is within delta of its target (default: closes the gap of

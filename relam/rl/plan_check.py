@@ -7,7 +7,7 @@ cannot either without leaving the way the task is done, and the episode's reward
 at ``cpu`` (the profile's models, 20 validation states, README stage 05): with the 'max' criterion at the 'model'
 delta the expert passes 11 % of door-open's generated stages (while succeeding in 90 % of the episodes), 30 % of
 button-press-wall's and 94 % of drawer-open's. On door-open two of its robot keypoints come within 1-3 px of their
-generated subgoals, but one arm point stays 8-13 px off, and in half the plans the door's later subgoals 11-18 px.
+generated subgoals, but one arm point stays 8-13 px off, and in half the plans the door's later subgoals stay 11-18 px off.
 """
 from __future__ import annotations
 
