@@ -84,7 +84,7 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
             train(cfg.out / "anticipation" / t, {t: SubgoalDataset.load(subgoal_path(cfg.out, t), t)},
                   cfg.anticipation.for_task(t), cfg.env.image_size, progress, cfg.torch_threads)
     if ppo_tasks:
-        cfg.ppo = replace(cfg.ppo, tasks=list(ppo_tasks), methods=[m for m in methods if m != "env-reward"],
+        cfg.ppo = replace(cfg.ppo, tasks=list(ppo_tasks), methods=list(methods),
                           seeds=list(seeds))
         ppo.run_grid(cfg, progress=progress)
     if iql_tasks:

@@ -133,27 +133,44 @@ def test_normalize_obs_run_evaluates_with_its_saved_statistics(tmp_path):
     assert "normalize_obs" not in run_config(cfg_off, "drawer-open", "relam-gt", 0)["ppo"]
 
 
-def test_tiny_pixel_policy_with_generated_subgoals(tmp_path):
-    """The paper's setting end to end: image + keypoints policy, subgoals from an anticipation checkpoint."""
+def _tiny_anticipation_model(cfg, subgoal_px: float = 6.4) -> None:
+    """A random tiny anticipation checkpoint for drawer-open, with the held-out error its metrics.json reports."""
     from relam.models.anticipation import AnticipationModel, AnticipationModelConfig
     from relam.models.train_anticipation import AnticipationConfig, save_checkpoint
 
-    cfg = _tiny_cfg(tmp_path, methods=["relam"], policy="pixels", total_steps=200, n_steps=100, eval_every=200)
-    cfg.perception.x0_anchor = "nearest"   # 'centroid' needs the subgoal dataset (test below); this test has none
+    cfg.perception.x0_anchor = "nearest"   # 'centroid' needs the subgoal dataset; these tests have none
     acfg = AnticipationConfig(model=AnticipationModelConfig(d_model=32, n_layers=1, n_heads=2, cnn_channels=8,
                                                             cnn_grid=2, max_subgoals=4))
     torch.manual_seed(0)
-    model = AnticipationModel(acfg.model)
-    save_checkpoint(cfg.out / "anticipation" / "drawer-open" / "checkpoint.pt", model, None, 0, acfg,
-                    {"tasks": ["drawer-open"], "task_frames": np.zeros((1, 128, 128, 3), np.uint8)})
+    save_checkpoint(cfg.out / "anticipation" / "drawer-open" / "checkpoint.pt", AnticipationModel(acfg.model), None,
+                    0, acfg, {"tasks": ["drawer-open"], "task_frames": np.zeros((1, 128, 128, 3), np.uint8)})
     # the stage threshold of generated plans is the model's held-out subgoal error (metrics.json), clipped
     (cfg.out / "anticipation" / "drawer-open" / "metrics.json").write_text(
-        json.dumps({"tasks": ["drawer-open"], "val": {"subgoal_px": 6.4}}))
+        json.dumps({"tasks": ["drawer-open"], "val": {"subgoal_px": subgoal_px}}))
+
+
+def test_tiny_pixel_policy_with_generated_subgoals(tmp_path):
+    """The paper's setting end to end: image + keypoints policy, subgoals from an anticipation checkpoint."""
+    cfg = _tiny_cfg(tmp_path, methods=["relam"], policy="pixels", total_steps=200, n_steps=100, eval_every=200)
+    _tiny_anticipation_model(cfg)
     res = train_run(cfg, "drawer-open", "relam", 0)
     assert res["steps"] == 200 and res["policy"] == "pixels"
     saved = json.loads((cfg.out / "runs" / "drawer-open" / "relam" / "seed0" / "config.json").read_text())
     assert saved["ppo"]["policy"] == "pixels"
     assert saved["reward"]["delta"] == pytest.approx(6.4 / 128) and saved["reward"]["part_weighting"] == "part"
+
+
+def test_env_reward_run_pays_the_simulators_reward_and_sees_generated_subgoals(tmp_path):
+    """Method 'env-reward' (reference): Meta-World's dense reward / 10 - 1 (+ success bonus), generated plans."""
+    cfg = _tiny_cfg(tmp_path, methods=["env-reward"], total_steps=200, n_steps=100, eval_every=200)
+    _tiny_anticipation_model(cfg)
+    res = train_run(cfg, "drawer-open", "env-reward", 0)
+    saved = json.loads((cfg.out / "runs" / "drawer-open" / "env-reward" / "seed0" / "config.json").read_text())
+    assert saved["reward"]["signal"] == "env-reward" and "anticipation_model" in saved   # its plans are generated
+    ev = res["final_eval"]   # one episode: its return is the sum of the per-step signal
+    assert ev["mean_env_return"] > 0
+    assert ev["mean_return"] == pytest.approx(ev["mean_env_return"] / 10.0 - ev["mean_length"]
+                                              + cfg.reward.success_bonus * ev["success_rate"], rel=1e-5)
 
 
 def test_missing_anticipation_model_names_the_notebook(tmp_path):

@@ -193,6 +193,37 @@ def _point_wrapper(plan=None, **kw):
                               **{"keypoint_parts": [0, 1], **kw}), env
 
 
+class DensePointEnv(PointEnv):
+    """PointEnv with a dense reward 5 * x (up to 5)."""
+
+    def step(self, action):
+        obs, _, term, trunc, info = super().step(action)
+        return obs, 5.0 * float(self.pos[0]), term, trunc, info
+
+
+def test_env_reward_wrapper_pays_the_simulators_reward_in_relams_form():
+    from relam.rl.env import EnvRewardWrapper
+    env = DensePointEnv()
+    plan = np.array([[[0.2, 0.5]] * 2, [[0.5, 0.5]] * 2, [[0.8, 0.5]] * 2])
+    inner = ReLAMRewardWrapper(env, lambda frame, info: plan, PointTracker(env), num_keypoints=2, keypoint_parts=[0, 1])
+    wrapped = EnvRewardWrapper(inner, dense_max=5.0)
+    obs, _ = wrapped.reset(seed=0)
+    subgoals, stages = [obs["subgoal"].copy()], []
+    for _ in range(30):
+        obs, r, term, trunc, info = wrapped.step(np.array([1.0, 0.0]))
+        assert r == pytest.approx(env.pos[0] - 1.0 + (10.0 if info["success"] else 0.0), abs=1e-6)
+        assert "subgoal_reached" not in info   # hierarchical PPO must not cut GAE here
+        stages.append(info["stage_reached"])
+        subgoals.append(obs["subgoal"].copy())
+        if term:
+            break
+    assert term and info["success"] and sum(stages) == 2   # the stage machine still ran ...
+    assert np.allclose(subgoals[0], [0.5, 0.5] * 2) and np.allclose(subgoals[-1], [0.8, 0.5] * 2)   # ... and showed it
+    with pytest.raises(ValueError, match="success_source"):
+        EnvRewardWrapper(ReLAMRewardWrapper(env, lambda frame, info: plan, PointTracker(env), num_keypoints=2,
+                                            keypoint_parts=[0, 1], reward=RewardConfig(success_source="subgoals")), 5.0)
+
+
 def test_wrapper_passes_gymnasium_env_checker():
     from gymnasium.utils.env_checker import check_env
     wrapped, _ = _point_wrapper(image_obs=True)

@@ -54,6 +54,9 @@ class TaskSpec:
 class Task(abc.ABC):
     spec: TaskSpec
     image_size: int
+    dense_reward_max: float = 1.0
+    """Largest per-step value of ``step()``'s own dense reward (ManiSkill's normalised dense reward: 1); the
+    env-reward baselines divide by it to put the simulator's reward in ReLAM's range (``relam.reward``)."""
 
     # --- episode -------------------------------------------------------------------------------------
     @abc.abstractmethod

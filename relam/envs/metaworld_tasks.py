@@ -64,6 +64,8 @@ def _subtree(model: mujoco.MjModel, root: str) -> np.ndarray:
 
 
 class MetaWorldTask(Task):
+    dense_reward_max = 10.0   # Meta-World's v2/v3 shaped rewards lie in [0, 10] (10 on success)
+
     def __init__(self, name: str, image_size: int = 128, camera: CameraSpec | None = None,
                  max_steps: int | None = None):
         import metaworld

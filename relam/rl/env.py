@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from relam.envs.base import Task
-from relam.reward import RewardConfig, StageMachine
+from relam.reward import RewardConfig, StageMachine, env_reward_signal
 
 # Keypoints may leave the image: coordinates are clipped into this box only for the observation.
 COORD_LOW, COORD_HIGH = -1.0, 2.0
@@ -225,3 +225,26 @@ class ReLAMRewardWrapper(gym.Wrapper):
                     distance=s.distance, max_distance=s.max_distance, subgoal_reached=s.stage_reached,
                     reached_last=s.reached_last, relam_success=s.success)
         return self._obs(inner, frame), s.reward, bool(terminated or s.terminate), bool(truncated), info
+
+
+class EnvRewardWrapper(gym.Wrapper):
+    """The env-reward baseline around a ``ReLAMRewardWrapper``: same observation (keypoints, subgoal, state), same
+    episode end (the simulator's success with ``end_on_success``), but the reward is the simulator's own dense
+    reward in ReLAM's form (``relam.reward.env_reward_signal``): ``env_reward / dense_max - 1``, plus the success
+    bonus. ``subgoal_reached`` is cleared in ``info`` (kept as ``stage_reached``), so hierarchical PPO does not cut
+    GAE at subgoals that pay nothing here; the stage machine still advances the subgoal the policy sees."""
+
+    def __init__(self, env: "ReLAMRewardWrapper", dense_max: float):
+        super().__init__(env)
+        if env.cfg.success_source != "env":
+            raise ValueError(f"the env-reward baseline pays its success bonus on the simulator's success flag, but the "
+                             f"reward config has success_source={env.cfg.success_source!r}; set "
+                             "reward.success_source: env")
+        self.dense_max = float(dense_max)
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        reward = float(env_reward_signal(info["env_reward"], info["relam_success"], self.env.cfg.success_bonus,
+                                         self.dense_max))
+        info["stage_reached"] = info.pop("subgoal_reached")
+        return obs, reward, terminated, truncated, info

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
+from relam.reward import env_reward_signal
 from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
 METHODS = ("relam", "relam-gt", "env-reward")
@@ -209,16 +210,6 @@ def offline_images(cfg, task: str, npz_path: Path | str, size: int) -> np.ndarra
             rows = np.flatnonzero(episode == e)
             out[rows] = downscale(ds[int(e)].frames[t[rows]], size)
     return out
-
-
-def env_reward_signal(dense: np.ndarray, success: np.ndarray, success_bonus: float) -> np.ndarray:
-    """Method 'env-reward': ManiSkill's normalised dense reward (0..1, 1 at success) shifted to [-1, 0] like
-    ReLAM's f, plus ReLAM's success bonus; the episode ends at success in both (ours, as SPEC §5 says the paper's
-    baselines get rewards "in the same way"). Why not the dense reward as is: it is positive in every step and
-    the data end at success, so every step NOT taken after success is reward lost, and IQL learnt to avoid
-    success: 0 % in all 6 ``cpu`` runs (PushCube, PickCube x 3 seeds), episodes running to the time limit with
-    twice the env return of the ReLAM policies."""
-    return np.asarray(dense, np.float32) - 1.0 + np.float32(success_bonus) * np.asarray(success, np.float32)
 
 
 def _source(method: str) -> tuple[str, str]:

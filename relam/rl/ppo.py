@@ -35,7 +35,7 @@ from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_cs
 from relam.reward import RewardConfig
 from relam.rl.runs import VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main
 
-METHODS = ("relam", "relam-gt")
+METHODS = ("relam", "relam-gt", "env-reward")
 TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
 
 
@@ -43,8 +43,12 @@ TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
 class PPOConfig:
     tasks: list[str] = field(default_factory=lambda: ["drawer-open", "door-open", "button-press-wall"])
     """Meta-World tasks trained with PPO (SPEC §6)."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """'relam' (subgoals from the anticipation model) and/or 'relam-gt' (ground-truth keypoint subgoals)."""
+    methods: list[str] = field(default_factory=lambda: ["relam", "relam-gt"])
+    """'relam' (subgoals from the anticipation model), 'relam-gt' (ground-truth keypoint subgoals) and, as a
+    reference (not the paper's; opt-in), 'env-reward': the simulator's own shaped reward in ReLAM's form
+    (``relam.reward.env_reward_signal``) with the same observation as 'relam' (its generated subgoals) and no GAE
+    cut. It tells whether a task is learnable by this PPO at the budget at all: at ``cpu`` door-open gave 0 / 0 / 0 %
+    with it (README, stage 05)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Training seeds (paper: 5)."""
     total_steps: int = 1_000_000
@@ -127,7 +131,7 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
     from relam.rl.planners import (AnchoredPlanner, CachedPlanner, ExpertPlanner, ModelPlanner, SimFirstFrameMasks,
                                    keypoint_prompt_index)
 
-    if method == "relam":
+    if method in ("relam", "env-reward"):
         ckpt = anticipation_dir(cfg, task, anticipation_run or cfg.ppo.anticipation_run) / "checkpoint.pt"
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
@@ -168,11 +172,13 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
                                for frame, seed in zip(ds.first_frames, ds.seeds))
 
 
-def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None):
+def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None,
+             env_reward: bool = False):
     """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised); with ``lift`` (a
-    ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'."""
+    ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'; with ``env_reward`` the reward is the
+    simulator's (``relam.rl.env.EnvRewardWrapper``, method 'env-reward')."""
     from relam.envs import make_task
-    from relam.rl.env import ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
+    from relam.rl.env import EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
     if cfg.ppo.policy not in ("pixels", "keypoints"):
         raise ValueError(f"unknown policy {cfg.ppo.policy!r}; choose 'pixels' or 'keypoints'")
@@ -182,6 +188,8 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
                              reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
                              image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task.spec.prompts))
+    if env_reward:
+        env = EnvRewardWrapper(env, task.dense_reward_max)
     if lift is None:
         return env
     from relam.rl.lift import LiftObservation
@@ -399,7 +407,8 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     ppo = without_options_off(asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
                               PPO_OPTIONS_ADDED_OFF)
     return {"task": task, "method": method, "seed": seed, "ppo": ppo,
-            "reward": reward_setting(cfg, task, method == "relam", p.anticipation_run),
+            "reward": reward_setting(cfg, task, method != "relam-gt", p.anticipation_run)
+            | ({"signal": "env-reward"} if method == "env-reward" else {}),
             **plan_setting(cfg, task, method, p.anticipation_run),
             **perception_setting(cfg), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
@@ -431,16 +440,17 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     planner = make_planner(task, method, cfg)
     pool = np.arange(TRAIN_SEED_OFFSET, TRAIN_SEED_OFFSET + p.train_seed_pool)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
-    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift),
+    env_reward = method == "env-reward"
+    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift, env_reward=env_reward),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
     if p.normalize_reward or p.normalize_obs:
         keys = [k for k in venv.observation_space.spaces if k != "image"] if p.normalize_obs else None
         venv = VecNormalize(venv, norm_obs=p.normalize_obs, norm_reward=p.normalize_reward, gamma=p.gamma,
                             norm_obs_keys=keys)
-    if p.gae_cut:
+    if p.gae_cut:   # a no-op for 'env-reward', whose wrapper reports no subgoal_reached
         venv = GAECutVecEnv(venv)
-    eval_env = make_env(task, planner, cfg, lift=lift)
+    eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward)
 
     state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
