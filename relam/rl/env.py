@@ -10,7 +10,8 @@ reward by the ReLAM reward of ``relam.reward`` and its observation by
 ('image' only with ``image_obs=True``). ``info`` carries the stage, the distances, the env's own reward, and
 ``subgoal_reached`` (the transition that reached a subgoal: hierarchical PPO cuts GAE there). ``keypoint_parts``
 ((K,) the part, robot 0 and objects 1.., of each keypoint) lets the reward weight parts equally
-(``RewardConfig.part_weighting``).
+(``RewardConfig.part_weighting``). ``EnvRewardWrapper`` around it gives the env-reward baseline: the same observation
+and episode end, the simulator's own dense reward.
 """
 from __future__ import annotations
 
