@@ -420,3 +420,22 @@ def test_expert_passes_its_own_plan_but_not_a_displaced_one(tmp_path):
     assert moved["success_rate"] == 1.0 and moved["stage_share"] == 0.0
     with pytest.raises(ValueError, match="episodes"):
         expert_plan_check(make_env("drawer-open", planner, cfg), episodes=0)
+
+
+def test_gsde_run_explores_with_state_dependent_noise_and_is_absent_from_configs_when_off(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import run_config
+    cfg = _tiny_cfg(tmp_path, use_sde=True, sde_sample_freq=4, log_std_init=-2.0)
+    train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    saved = json.loads((rd / "config.json").read_text())["ppo"]
+    assert (saved["use_sde"], saved["sde_sample_freq"], saved["log_std_init"]) == (True, 4, -2.0)
+    model = PPO.load(rd / "model.zip", device="cpu")
+    assert model.use_sde and model.sde_sample_freq == 4
+    # gSDE's noise weights: one std per (policy feature, action dimension), started at exp(-2), moved by training
+    log_std = model.policy.log_std.detach()
+    assert log_std.shape == (cfg.ppo.net_arch[-1], 4)
+    assert torch.allclose(log_std.mean(), torch.tensor(-2.0), atol=0.05) and not torch.all(log_std == -2.0)
+    # off (the defaults): absent from the run config, so runs made before the options stay current
+    off = run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
+    assert not {"use_sde", "sde_sample_freq", "log_std_init"} & set(off)

@@ -108,6 +108,15 @@ class PPOConfig:
     lifted to a 3-D hand target by a regressor fitted on the task's demos (keypoint tracks -> recorded hand
     position; kept as ``lift.pt`` in the run directory). Measured at ``cpu`` (door-open relam, 3 seeds): 60 / 80 / 0
     -> 30 / 0 / 10 %, so it stays off."""
+    use_sde: bool = False
+    """Ours (off): generalized State-Dependent Exploration (SB3 ``use_sde``): the exploration noise is a linear
+    function of the policy's features with weights resampled every ``sde_sample_freq`` steps, so it is smooth in
+    time and state instead of white noise on every action."""
+    sde_sample_freq: int = -1
+    """With ``use_sde``: resample the noise weights every this many steps (-1: once per rollout, SB3's default)."""
+    log_std_init: float = 0.0
+    """Initial log std of the action noise (SB3's default 0). With ``use_sde`` the noise std is about
+    exp(log_std_init) x the norm of the policy's last hidden layer (~8 for 256 tanh units), hence RL Zoo's -2."""
     eval_every: int = 20_000
     """Evaluate (and checkpoint) every this many environment steps."""
     eval_episodes: int = 10
@@ -232,6 +241,8 @@ def policy_kwargs(p: PPOConfig) -> dict:
     kw = {"features_extractor_class": KeypointFeatures, "net_arch": {"pi": arch, "vf": arch}}
     if p.diff_scale != 1.0:   # left out at 1, so checkpoints of runs made before the option load as they were
         kw["features_extractor_kwargs"] = {"diff_scale": p.diff_scale}
+    if p.log_std_init != 0.0:
+        kw["log_std_init"] = p.log_std_init
     return kw
 
 
@@ -358,7 +369,8 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
 
 
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
-                         ("subgoal_lift",): False, ("normalize_obs",): False}
+                         ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
+                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
@@ -473,7 +485,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
         model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
                     clip_range=p.clip_range, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-                    policy_kwargs=policy_kwargs(p), seed=seed, device="cpu", verbose=0)
+                    use_sde=p.use_sde, sde_sample_freq=p.sde_sample_freq, policy_kwargs=policy_kwargs(p), seed=seed, device="cpu", verbose=0)
     from stable_baselines3.common.logger import configure
     model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
     t0 = time.perf_counter()
