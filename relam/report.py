@@ -218,7 +218,10 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
                if learner != "iql" else "")
             + (" ManiSkill rows trained on the trajectories that reached success only (`iql.trajectory_filter: "
                "successful`; the paper uses all)." if cfg is not None and cfg.iql.trajectory_filter == "successful"
-               else ""))
+               else "")
+            + (f" Meta-World rows: PPO explores with gSDE (`ppo.use_sde: true`, `sde_sample_freq: "
+               f"{cfg.ppo.sde_sample_freq}`, `log_std_init: {cfg.ppo.log_std_init:g}`; the paper's PPO adds white "
+               "Gaussian noise)." if cfg is not None and cfg.ppo.use_sde else ""))
     md = f"{note}\n\n" + _markdown(wide) + "\n"
     csv = long.assign(missing_seeds=long["missing_seeds"].map(lambda s: " ".join(map(str, s))),
                       stale_seeds=long["stale_seeds"].map(lambda s: " ".join(map(str, s))),

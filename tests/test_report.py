@@ -181,3 +181,15 @@ def test_table4_names_the_profiles_offline_learner(tmp_path):
     assert "`iql.trajectory_filter: successful`" in md       # the smoke profile's, as cpu's
     cfg.iql.trajectory_filter = "none"
     assert "trajectory_filter" not in write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+
+
+def test_table4_says_when_ppo_explores_with_gsde(tmp_path):
+    from relam.config import load_config
+
+    _run(tmp_path, "drawer-open", "relam", 0, 1.0)
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "ppo": {"seeds": [0]}})
+    assert not cfg.ppo.use_sde and "gSDE" not in write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    cfg = load_config("smoke", {"results_dir": str(tmp_path),
+                                "ppo": {"seeds": [0], "use_sde": True, "sde_sample_freq": 4, "log_std_init": -2.0}})
+    md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    assert "`ppo.use_sde: true`, `sde_sample_freq: 4`, `log_std_init: -2`" in md
