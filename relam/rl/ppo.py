@@ -488,7 +488,8 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
         model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
                     clip_range=p.clip_range, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-                    use_sde=p.use_sde, sde_sample_freq=p.sde_sample_freq, policy_kwargs=policy_kwargs(p), seed=seed, device="cpu", verbose=0)
+                    use_sde=p.use_sde, sde_sample_freq=p.sde_sample_freq, policy_kwargs=policy_kwargs(p),
+                    seed=seed, device="cpu", verbose=0)
     from stable_baselines3.common.logger import configure
     model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
     t0 = time.perf_counter()
