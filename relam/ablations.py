@@ -32,6 +32,14 @@ def _merge_dicts(base: dict, extra: dict) -> dict:
 REUSABLE = ("subgoals", "anticipation")
 
 
+def num_keypoints_overrides(k: int) -> dict:
+    """Overrides for the paper's K ablation (K ∈ {4, 8, 12}): the keypoints chosen per demo and the anticipation
+    model's coordinate tokens change together (a model built for another K refuses the data, on purpose)."""
+    if int(k) != k or k < 2:
+        raise ValueError(f"K={k!r}: the keypoint count must be an integer >= 2 (robot plus object keypoints)")
+    return {"perception": {"keypoints": {"num_keypoints": int(k)}}, "anticipation": {"model": {"num_keypoints": int(k)}}}
+
+
 def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) -> Config:
     """The profile's config with ``overrides`` and results in ``<cfg.out>/ablations/<name>``; links the profile's
     demos and offline datasets into it (they must exist: run stages 01 first), and the stages named in ``reuse``

@@ -94,3 +94,22 @@ def test_the_ablation_notebook_runs_only_when_named():
     default = [p.name[:2] for p in numbered_notebooks()]
     assert "08" not in default and {"01", "04", "09"} <= set(default)
     assert [p.name for p in numbered_notebooks(["08"])] == ["08_ablations.ipynb"]
+
+
+def test_the_keypoint_count_ablation_changes_keypoints_and_model_together(tmp_path):
+    from relam.ablations import num_keypoints_overrides
+    from relam.models.anticipation import check_num_keypoints
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res")})
+    for d in ("demos", "offline"):
+        (cfg.out / d).mkdir(parents=True)
+    abl = ablation_config(cfg, "k8", num_keypoints_overrides(8))
+    assert abl.perception.keypoints.num_keypoints == 8 and abl.anticipation.model.num_keypoints == 8
+    assert cfg.perception.keypoints.num_keypoints == cfg.anticipation.model.num_keypoints == 4
+    check_num_keypoints(abl.anticipation.model.num_keypoints, abl.perception.keypoints.num_keypoints)
+    # K alone (the model left at 4) is what the helper exists to prevent: the model refuses the data
+    only_k = ablation_config(cfg, "k8-only", {"perception": {"keypoints": {"num_keypoints": 8}}})
+    with pytest.raises(ValueError, match="anticipation.model.num_keypoints=8"):
+        check_num_keypoints(only_k.anticipation.model.num_keypoints, only_k.perception.keypoints.num_keypoints)
+    with pytest.raises(ValueError, match="integer >= 2"):
+        num_keypoints_overrides(1)
