@@ -32,12 +32,20 @@ def _merge_dicts(base: dict, extra: dict) -> dict:
 REUSABLE = ("subgoals", "anticipation")
 
 
-def num_keypoints_overrides(k: int) -> dict:
+def num_keypoints_overrides(k: int, cfg: Config | None = None) -> dict:
     """Overrides for the paper's K ablation (K ∈ {4, 8, 12}): the keypoints chosen per demo and the anticipation
-    model's coordinate tokens change together (a model built for another K refuses the data, on purpose)."""
+    model's coordinate tokens change together (a model built for another K refuses the data, on purpose). With the
+    profile's ``cfg``, tasks that have their own K (``perception.task_overrides``) get ``k`` as well, so the
+    ablation has one K everywhere."""
     if int(k) != k or k < 2:
         raise ValueError(f"K={k!r}: the keypoint count must be an integer >= 2 (robot plus object keypoints)")
-    return {"perception": {"keypoints": {"num_keypoints": int(k)}}, "anticipation": {"model": {"num_keypoints": int(k)}}}
+    k = int(k)
+    out = {"perception": {"keypoints": {"num_keypoints": k}}, "anticipation": {"model": {"num_keypoints": k}}}
+    own = [t for t, o in (cfg.perception.task_overrides if cfg else {}).items() if "num_keypoints" in o.get("keypoints", {})]
+    if own:   # ablation_config merges these into the profile's task overrides, keeping their other settings
+        out["perception"]["task_overrides"] = {t: {"keypoints": {"num_keypoints": k}} for t in own}
+        out["anticipation"]["task_overrides"] = {t: {"model": {"num_keypoints": k}} for t in own}
+    return out
 
 
 def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) -> Config:

@@ -6,6 +6,7 @@ Unknown keys are an error (a typo must not silently fall back to a default).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -87,10 +88,28 @@ class PerceptionConfig:
     """Anchoring with the simulator's masks: an x^0 keypoint must end on a part that can move (the drawer, not its
     static case; ``AnchoredPlanner(movable_fn=)``), centroids still from the whole prompt. False: anywhere on the
     prompt's mask (the default until 2026-12-01)."""
+    task_overrides: dict = field(default_factory=dict)
+    """{task: overrides of this section} for that task's keypoints, keyframes and plans (ours; the paper uses one
+    setting for all tasks), e.g. ``{door-open: {keypoints: {num_keypoints: 8}}}``. A task whose keypoint count
+    differs must say so in ``anticipation.task_overrides`` too (its model predicts that many points; checked at
+    load), and the multi-task model leaves it out (one model, one K). Why: the ``cpu`` profile's comments."""
 
     def __post_init__(self):
         if self.x0_anchor not in ("nearest", "centroid"):
             raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest' or 'centroid'")
+        for task, over in self.task_overrides.items():
+            check_task_name(task)
+            if not isinstance(over, dict) or "task_overrides" in over:
+                raise ValueError(f"perception.task_overrides.{task} must be a mapping of perception settings "
+                                 f"(not task_overrides itself), got {over!r}")
+            self.for_task(task)   # unknown keys fail here, at load time
+
+    def for_task(self, task: str | None) -> "PerceptionConfig":
+        """The perception settings of ``task``: this section with ``task_overrides[task]`` applied and no per-task
+        overrides left. ``None``: the profile's own (what every task without an override uses)."""
+        out = copy.deepcopy(self)
+        out.task_overrides = {}
+        return _merge(out, copy.deepcopy(self.task_overrides.get(task, {})), "perception.") if task else out
 
 
 @dataclass
@@ -165,7 +184,34 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
     for t in list(cfg.env.tasks) + list(cfg.offline.tasks) + list(cfg.ppo.tasks) + list(cfg.iql.tasks):
         check_task_name(t)
     _validate(cfg)   # the overrides were set field by field, past each dataclass's own check
+    check_keypoint_counts(cfg)
     return cfg
+
+
+def check_keypoint_counts(cfg: Config) -> None:
+    """Each task's anticipation model must predict as many keypoints as its perception settings choose: a
+    mismatch would otherwise surface hours later, when stage 04 meets the subgoal data."""
+    tasks = set(cfg.env.tasks) | set(cfg.offline.tasks) | set(cfg.perception.task_overrides) \
+        | set(cfg.anticipation.task_overrides) | {None}
+    for t in sorted(tasks, key=str):
+        kp = cfg.perception.for_task(t).keypoints.num_keypoints
+        km = cfg.anticipation.for_task(t).model.num_keypoints
+        if kp != km:
+            where = f"task {t!r}" if t else "the profile"
+            key = f"anticipation.task_overrides.{t}.model.num_keypoints" if t else "anticipation.model.num_keypoints"
+            raise ConfigError(f"{where} chooses K = {kp} keypoints (perception) but its anticipation model predicts "
+                              f"K = {km}; set {key}: {kp} (relam.ablations.num_keypoints_overrides sets both)")
+
+
+def task_keypoints(cfg: Config, task: str) -> int:
+    """K of ``task``'s keypoints, plans and anticipation model."""
+    return cfg.perception.for_task(task).keypoints.num_keypoints
+
+
+def multitask_tasks(cfg: Config) -> list[str]:
+    """The profile's tasks the multi-task anticipation model trains on and plans for: those with the profile's own
+    keypoint count (one model predicts one K)."""
+    return [t for t in cfg.env.tasks if task_keypoints(cfg, t) == cfg.anticipation.model.num_keypoints]
 
 
 def _validate(obj) -> None:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from relam.ablations import ablation_config, compare
-from relam.config import load_config
+from relam.config import ConfigError, load_config
 
 
 def _run(out, task, method, seed, success):
@@ -107,9 +107,68 @@ def test_the_keypoint_count_ablation_changes_keypoints_and_model_together(tmp_pa
     assert abl.perception.keypoints.num_keypoints == 8 and abl.anticipation.model.num_keypoints == 8
     assert cfg.perception.keypoints.num_keypoints == cfg.anticipation.model.num_keypoints == 4
     check_num_keypoints(abl.anticipation.model.num_keypoints, abl.perception.keypoints.num_keypoints)
-    # K alone (the model left at 4) is what the helper exists to prevent: the model refuses the data
-    only_k = ablation_config(cfg, "k8-only", {"perception": {"keypoints": {"num_keypoints": 8}}})
-    with pytest.raises(ValueError, match="anticipation.model.num_keypoints=8"):
-        check_num_keypoints(only_k.anticipation.model.num_keypoints, only_k.perception.keypoints.num_keypoints)
+    # K alone (the model left at 4) is what the helper exists to prevent: refused at load, naming the fix
+    with pytest.raises(ConfigError, match="set anticipation.model.num_keypoints: 8"):
+        ablation_config(cfg, "k8-only", {"perception": {"keypoints": {"num_keypoints": 8}}})
     with pytest.raises(ValueError, match="integer >= 2"):
         num_keypoints_overrides(1)
+
+
+# door-open with its own K, as the cpu profile has it
+OWN_K = {"perception": {"task_overrides": {"door-open": {"keypoints": {"num_keypoints": 8}}}},
+         "anticipation": {"task_overrides": {"door-open": {"model": {"num_keypoints": 8}},
+                                             "PickCube": {"lr": 0.002}}}}
+
+
+def test_a_task_can_have_its_own_keypoint_count(tmp_path):
+    from relam.config import multitask_tasks, task_keypoints
+    from relam.rl.ppo import keypoint_parts, make_planner, perception_setting
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res"), **OWN_K})
+    assert [task_keypoints(cfg, t) for t in ("door-open", "drawer-open")] == [8, 4]
+    assert cfg.perception.for_task("door-open").task_overrides == {}
+    assert cfg.perception.for_task("door-open").keypoints.window == cfg.perception.keypoints.window   # the rest kept
+    assert "door-open" not in multitask_tasks(cfg) and "drawer-open" in multitask_tasks(cfg)
+    assert perception_setting(cfg, "door-open")["keypoints"]["num_keypoints"] == 8
+    assert perception_setting(cfg, "drawer-open")["keypoints"]["num_keypoints"] == 4
+    # the reward's part labels follow the task's K: 6 arm points and 2 on the door, 3 + 1 on the drawer
+    assert keypoint_parts(cfg, "door-open").tolist() == [0] * 6 + [1] * 2
+    assert keypoint_parts(cfg, "drawer-open").tolist() == [0] * 3 + [1]
+    with pytest.raises(ValueError, match="anticipation_run='task'"):
+        make_planner("door-open", "relam", cfg, "multitask")
+    # the model's K left at 4 for door-open: refused at load, naming the key to set
+    with pytest.raises(ConfigError, match="set anticipation.task_overrides.door-open.model.num_keypoints: 8"):
+        load_config("smoke", {"perception": OWN_K["perception"]})
+    with pytest.raises(ConfigError, match="unknown config key 'perception.keypoints.num_keypoint'"):
+        load_config("smoke", {"perception": {"task_overrides": {"door-open": {"keypoints": {"num_keypoint": 8}}}}})
+    with pytest.raises(ValueError, match="unknown task"):
+        load_config("smoke", {"perception": {"task_overrides": {"door-opn": {}}}})
+
+
+def test_the_keypoint_count_ablation_overrides_a_tasks_own_count_too(tmp_path):
+    from relam.ablations import num_keypoints_overrides
+    from relam.config import task_keypoints
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res"), **OWN_K})
+    for d in ("demos", "offline"):
+        (cfg.out / d).mkdir(parents=True)
+    k12 = ablation_config(cfg, "k12", num_keypoints_overrides(12, cfg))
+    assert {task_keypoints(k12, t) for t in k12.env.tasks} == {12}
+    assert k12.anticipation.for_task("door-open").model.num_keypoints == 12
+    assert k12.anticipation.for_task("PickCube").lr == 0.002            # other per-task settings kept
+    assert task_keypoints(cfg, "door-open") == 8 and task_keypoints(cfg, "drawer-open") == 4   # profile untouched
+
+
+def test_the_multitask_model_leaves_out_a_task_with_its_own_keypoint_count(tmp_path, monkeypatch):
+    import relam.models.train_anticipation as ta
+    import relam.perception.subgoals as subgoals
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res"), **OWN_K,
+                                "env": {"tasks": ["drawer-open", "door-open", "button-press-wall"]}})
+    trained = {}
+    monkeypatch.setattr(subgoals.SubgoalDataset, "load", staticmethod(lambda path, task=None: task))
+    monkeypatch.setattr(ta, "train", lambda out, ds, c, *a: trained.setdefault(out.name, (sorted(ds),
+                                                                                          c.model.num_keypoints)))
+    ta.train_profile(cfg, progress=False)
+    assert trained["door-open"] == (["door-open"], 8) and trained["drawer-open"] == (["drawer-open"], 4)
+    assert trained["multitask"] == (["button-press-wall", "drawer-open"], 4)

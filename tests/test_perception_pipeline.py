@@ -103,3 +103,20 @@ def test_subgoal_dataset_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     out.write_bytes(out.read_bytes()[:1000])
     with pytest.raises(DatasetFileError, match="truncated or corrupt"):
         subgoals.SubgoalDataset.load(out)
+
+
+def test_subgoal_dataset_uses_the_tasks_own_keypoint_count(tmp_path):
+    own = {"perception": {"task_overrides": {"button-press-wall": {"keypoints": {"num_keypoints": 6}}}},
+           "anticipation": {"task_overrides": {"button-press-wall": {"model": {"num_keypoints": 6}}}}}
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "env": {"tasks": ["button-press-wall"]},
+                                "demos": {"n_demos": 2}, **own})
+    collect_demos(cfg, "button-press-wall", progress=False)
+    summary = subgoals.build_subgoal_dataset(cfg, "button-press-wall", progress=False)
+    data = subgoals.SubgoalDataset.load(subgoals.subgoal_path(cfg.out, "button-press-wall"))
+    assert not summary["skipped"] and data.num_keypoints == 6
+    assert all(sg.shape[1:] == (6, 2) for sg in data.subgoals)
+    # back to the profile's K: the file's settings no longer match, so it is rebuilt with 4
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "env": {"tasks": ["button-press-wall"]},
+                                "demos": {"n_demos": 2}})
+    assert not subgoals.build_subgoal_dataset(cfg, "button-press-wall", progress=False)["skipped"]
+    assert subgoals.SubgoalDataset.load(subgoals.subgoal_path(cfg.out, "button-press-wall")).num_keypoints == 4

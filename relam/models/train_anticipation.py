@@ -381,6 +381,7 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
 
 def train_profile(cfg, progress: bool = True) -> dict:
     """Train the runs a profile asks for: one per task (``per_task``) and one over all (``multitask``)."""
+    from relam.config import multitask_tasks
     from relam.perception.subgoals import SubgoalDataset, subgoal_path
 
     ac = cfg.anticipation
@@ -389,8 +390,12 @@ def train_profile(cfg, progress: bool = True) -> dict:
     if ac.per_task:
         for t, ds in datasets.items():
             runs[t] = ({t: ds}, ac.for_task(t))
-    if ac.multitask and len(datasets) > 1:
-        runs["multitask"] = (datasets, ac.for_task(None))
+    shared = {t: datasets[t] for t in multitask_tasks(cfg)}
+    if ac.multitask and len(datasets) > len(shared):
+        print(f"multi-task model: leaves out {sorted(set(datasets) - set(shared))}, whose keypoint count differs from "
+              f"the profile's K = {ac.model.num_keypoints} (perception.task_overrides)")
+    if ac.multitask and len(shared) > 1:
+        runs["multitask"] = (shared, ac.for_task(None))
     return {name: train(cfg.out / "anticipation" / name, ds, c, cfg.env.image_size, progress, cfg.torch_threads)
             for name, (ds, c) in runs.items()}
 

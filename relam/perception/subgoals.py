@@ -70,7 +70,7 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
     from relam.data.demos import demo_path
     from relam.envs import task_spec
 
-    pc = cfg.perception
+    pc = cfg.perception.for_task(task)
     path = subgoal_path(cfg.out, task)
     settings = json.loads(json.dumps({"task": task, "segmenter": pc.segmenter, "tracker": pc.tracker,
                                       "keypoints": asdict(pc.keypoints), "keyframes": asdict(pc.keyframes),

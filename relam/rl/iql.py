@@ -371,7 +371,7 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     return {"task": task, "method": method, "seed": seed, "algo": "iql", **env_form,
             "iql": _iql_settings(cfg.iql),
             "reward": reward_setting(cfg, task, method != "relam-gt", cfg.iql.anticipation_run),
-            **plan_setting(cfg, task, method, cfg.iql.anticipation_run), **perception_setting(cfg),
+            **plan_setting(cfg, task, method, cfg.iql.anticipation_run), **perception_setting(cfg, task),
             "profile": cfg.profile}
 
 

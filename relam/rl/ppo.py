@@ -142,26 +142,32 @@ class PPOConfig:
 def make_planner(task: str, method: str, cfg, anticipation_run: str | None = None):
     """The (cached) planner of ``method`` for ``task`` under the full config ``cfg``; ``anticipation_run``
     ('task' or 'multitask', default ``cfg.ppo.anticipation_run``) picks the model that plans for 'relam'."""
+    from relam.config import multitask_tasks, task_keypoints
     from relam.rl.planners import (AnchoredPlanner, CachedPlanner, ExpertPlanner, ModelPlanner, SimFirstFrameMasks,
                                    keypoint_prompt_index)
 
+    pc = cfg.perception.for_task(task)
     if method in ("relam", "env-reward"):
-        ckpt = anticipation_dir(cfg, task, anticipation_run or cfg.ppo.anticipation_run) / "checkpoint.pt"
+        run = anticipation_run or cfg.ppo.anticipation_run
+        ckpt = anticipation_dir(cfg, task, run) / "checkpoint.pt"
+        if run == "multitask" and task not in multitask_tasks(cfg):
+            raise ValueError(f"{task} has its own keypoint count (K = {task_keypoints(cfg, task)}, "
+                             f"perception.task_overrides), so the multi-task model (K = "
+                             f"{cfg.anticipation.model.num_keypoints}) does not plan it; use anticipation_run='task'")
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
                                     f"./run_all.sh --profile {cfg.profile}) first")
         planner = ModelPlanner(ckpt, task)
-        if cfg.perception.anchor_generated_x0:
-            kp = cfg.perception.keypoints
+        if pc.anchor_generated_x0:
+            kp = pc.keypoints
             masks = SimFirstFrameMasks(task, cfg.env.image_size)
-            centroid = cfg.perception.x0_anchor == "centroid"
+            centroid = pc.x0_anchor == "centroid"
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
                                       reference=demo_centroids(cfg, task, masks) if centroid else None,
                                       replan=centroid,
-                                      movable_fn=masks.movable if cfg.perception.anchor_movable_only else None)
+                                      movable_fn=masks.movable if pc.anchor_movable_only else None)
         return CachedPlanner(planner)
     if method == "relam-gt":
-        pc = cfg.perception
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
                                            cfg.demos.extra_frames_after_success))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -201,7 +207,7 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     env = ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
                              reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
-                             image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task.spec.prompts))
+                             image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task_name))
     if env_reward:
         env = EnvRewardWrapper(env, task.dense_reward_max)
     if lift is None:
@@ -210,10 +216,11 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     return LiftObservation(env, lift)
 
 
-def keypoint_parts(cfg, prompts) -> np.ndarray:
-    """(K,) part (prompt index: robot 0, objects 1..) of each keypoint of the task's plans, for the reward."""
+def keypoint_parts(cfg, task: str) -> np.ndarray:
+    """(K,) part (prompt index: robot 0, objects 1..) of each keypoint of ``task``'s plans, for the reward."""
+    from relam.envs import task_spec
     from relam.rl.planners import keypoint_prompt_index
-    return keypoint_prompt_index(prompts, cfg.perception.keypoints)
+    return keypoint_prompt_index(task_spec(task).prompts, cfg.perception.for_task(task).keypoints)
 
 
 def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
@@ -224,17 +231,20 @@ def plan_setting(cfg, task: str, method: str, anticipation_run: str) -> dict:
         return {}
     model_cfg = anticipation_dir(cfg, task, anticipation_run) / "config.json"
     fingerprint = hashlib.sha1(model_cfg.read_bytes()).hexdigest()[:12] if model_cfg.exists() else None
-    out = {"anchor_generated_x0": cfg.perception.anchor_generated_x0, "anticipation_model": fingerprint}
-    if cfg.perception.anchor_generated_x0 and cfg.perception.x0_anchor != "nearest":   # absent: runs before it
-        out["x0_anchor"] = cfg.perception.x0_anchor
-    if cfg.perception.anchor_generated_x0 and cfg.perception.anchor_movable_only:   # absent: runs before it
+    pc = cfg.perception.for_task(task)
+    out = {"anchor_generated_x0": pc.anchor_generated_x0, "anticipation_model": fingerprint}
+    if pc.anchor_generated_x0 and pc.x0_anchor != "nearest":   # absent: runs before it
+        out["x0_anchor"] = pc.x0_anchor
+    if pc.anchor_generated_x0 and pc.anchor_movable_only:   # absent: runs before it
         out["anchor_movable_only"] = True
     return out
 
 
-def perception_setting(cfg) -> dict:
-    """Run-defining entries of every plan, generated or ground truth: the keypoint and keyframe selection."""
-    return {"keypoints": asdict(cfg.perception.keypoints), "keyframes": asdict(cfg.perception.keyframes)}
+def perception_setting(cfg, task: str) -> dict:
+    """Run-defining entries of every plan of ``task``, generated or ground truth: the keypoint and keyframe
+    selection (with the task's own overrides)."""
+    pc = cfg.perception.for_task(task)
+    return {"keypoints": asdict(pc.keypoints), "keyframes": asdict(pc.keyframes)}
 
 
 def policy_kwargs(p: PPOConfig) -> dict:
@@ -427,7 +437,7 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
             "reward": reward_setting(cfg, task, method != "relam-gt", p.anticipation_run)
             | ({"signal": "env-reward"} if method == "env-reward" else {}),
             **plan_setting(cfg, task, method, p.anticipation_run),
-            **perception_setting(cfg), "image_size": cfg.env.image_size, "profile": cfg.profile}
+            **perception_setting(cfg, task), "image_size": cfg.env.image_size, "profile": cfg.profile}
 
 
 def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
@@ -530,7 +540,7 @@ def demo_lift(cfg, task: str, path: Path):
         t = make_task(task, image_size=cfg.env.image_size)
         try:
             keypoints, proprio = demo_pairs(cfg, t)
-            parts = keypoint_parts(cfg, t.spec.prompts)
+            parts = keypoint_parts(cfg, task)
         finally:
             t.close()
         return SubgoalLift(np.flatnonzero(parts == 0), len(parts)).fit(keypoints, proprio)

@@ -54,7 +54,6 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
-    from relam.envs import task_spec
     from relam.rl.ppo import (keypoint_parts, make_planner, perception_setting, plan_error_of, plan_setting,
                               reward_config)
 
@@ -67,7 +66,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     src_attrs = read_attrs(src) or {}
     settings = {"task": task, "method": method, "reward": cfg.reward.settings(generated, error),
                 "anticipation_run": run if method == "relam" else None, **plan_setting(cfg, task, method, run),
-                **perception_setting(cfg),
+                **perception_setting(cfg, task),
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
     settings = json.loads(json.dumps(settings))
     if path.exists():
@@ -76,7 +75,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
                 return path
     planner = planner or make_planner(task, method, cfg, run)
     size = cfg.env.image_size
-    parts = keypoint_parts(cfg, task_spec(task).prompts)
+    parts = keypoint_parts(cfg, task)
     cols = {k: [] for k in ("keypoints", "subgoal", "state", "action", "next_keypoints", "next_subgoal", "next_state",
                             "reward", "env_reward", "terminal", "timeout", "stage", "stage_reached", "reached_last",
                             "success", "episode", "t")}
