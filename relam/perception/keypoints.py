@@ -21,7 +21,8 @@ class KeypointConfig:
     num_keypoints: int = 4
     """K (paper: 4; ablation 4, 8, 12: ``relam.ablations.num_keypoints_overrides``, notebook 08's ``k8``). Measured at
     ``cpu`` (relam, 3 seeds, 2026-12-03), K 4 -> 8: door-open 3.3 -> 53.3 % (more arm points keep a hand that is on
-    its 2-D subgoal from sitting 10 cm too low), drawer-open 96.7 -> 63.3, button-press-wall 100 -> 100; so 4 stays."""
+    its 2-D subgoal from sitting 10 cm too low), drawer-open 96.7 -> 63.3, button-press-wall 100 -> 100; so 4 stays
+    the default and the ``cpu`` profile gives door-open alone K = 8 (``PerceptionConfig.task_overrides``)."""
     window: int = 5
     """w of the window filter at 128 px (ours): a pixel is kept only if its w x w square lies in the mask."""
     motion_eps: float = 0.03
