@@ -138,7 +138,7 @@ def test_a_task_can_have_its_own_keypoint_count(tmp_path):
         make_planner("door-open", "relam", cfg, "multitask")
     # the model's K left at 4 for door-open: refused at load, naming the key to set
     with pytest.raises(ConfigError, match="set anticipation.task_overrides.door-open.model.num_keypoints: 8"):
-        load_config("smoke", {"perception": OWN_K["perception"]})
+        load_config("smoke", {"perception": OWN_K["perception"], "anticipation": {"task_overrides": {}}})
     with pytest.raises(ConfigError, match="unknown config key 'perception.keypoints.num_keypoint'"):
         load_config("smoke", {"perception": {"task_overrides": {"door-open": {"keypoints": {"num_keypoint": 8}}}}})
     with pytest.raises(ValueError, match="unknown task"):

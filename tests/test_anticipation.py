@@ -392,7 +392,8 @@ def test_mean_x0_baseline_is_the_error_of_the_training_mean(tmp_path):
 
 def test_task_overrides_apply_to_that_tasks_own_model_only(tmp_path):
     from relam.config import ConfigError, load_config
-    cfg = load_config("smoke", {"anticipation": {"task_overrides": {
+    # a mapping replaces the profile's whole task_overrides, so smoke's door-open K = 8 goes on both sides
+    cfg = load_config("smoke", {"perception": {"task_overrides": {}}, "anticipation": {"task_overrides": {
         "PickCube": {"lr": 1e-3, "shift_augment": 4, "model": {"readout": True}}}}})
     ac = cfg.anticipation
     pick, push, multi = ac.for_task("PickCube"), ac.for_task("PushCube"), ac.for_task(None)
