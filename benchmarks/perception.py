@@ -42,14 +42,15 @@ def main():
         cfg = load_config("cpu", {"results_dir": root, "demos": {"n_demos": args.demos}})
         if not demo_path(cfg, task).exists():
             collect_demos(cfg, task, progress=False)
-        lk_pc = dataclasses.replace(cfg.perception, tracker="lk")
+        pc = cfg.perception.for_task(task)   # the task's own keypoint settings (door-open: K = 8 at cpu)
+        lk_pc = dataclasses.replace(pc, tracker="lk")
         spec = task_spec(task)
         errs, errs_vis, vis_share, t_sim, t_lk = [], [], [], 0.0, 0.0
         with EpisodeSet(demo_path(cfg, task)) as ds:
             n = min(args.demos, len(ds))
             for i in range(n):
                 t0 = time.perf_counter()
-                ref = extract_from_demo_set(cfg.perception, ds, i, spec)
+                ref = extract_from_demo_set(pc, ds, i, spec)
                 t_sim += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 extract_from_demo_set(lk_pc, ds, i, spec)  # the full stage with lk (its own keypoints)

@@ -41,7 +41,8 @@ def num_keypoints_overrides(k: int, cfg: Config | None = None) -> dict:
         raise ValueError(f"K={k!r}: the keypoint count must be an integer >= 2 (robot plus object keypoints)")
     k = int(k)
     out = {"perception": {"keypoints": {"num_keypoints": k}}, "anticipation": {"model": {"num_keypoints": k}}}
-    own = [t for t, o in (cfg.perception.task_overrides if cfg else {}).items() if "num_keypoints" in o.get("keypoints", {})]
+    own = [t for t, o in (cfg.perception.task_overrides if cfg else {}).items()
+           if "num_keypoints" in o.get("keypoints", {})]
     if own:   # ablation_config merges these into the profile's task overrides, keeping their other settings
         out["perception"]["task_overrides"] = {t: {"keypoints": {"num_keypoints": k}} for t in own}
         out["anticipation"]["task_overrides"] = {t: {"model": {"num_keypoints": k}} for t in own}
