@@ -97,19 +97,12 @@ class PerceptionConfig:
     def __post_init__(self):
         if self.x0_anchor not in ("nearest", "centroid"):
             raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest' or 'centroid'")
-        for task, over in self.task_overrides.items():
-            check_task_name(task)
-            if not isinstance(over, dict) or "task_overrides" in over:
-                raise ValueError(f"perception.task_overrides.{task} must be a mapping of perception settings "
-                                 f"(not task_overrides itself), got {over!r}")
-            self.for_task(task)   # unknown keys fail here, at load time
+        check_task_overrides(self, "perception")
 
     def for_task(self, task: str | None) -> "PerceptionConfig":
         """The perception settings of ``task``: this section with ``task_overrides[task]`` applied and no per-task
         overrides left. ``None``: the profile's own (what every task without an override uses)."""
-        out = copy.deepcopy(self)
-        out.task_overrides = {}
-        return _merge(out, copy.deepcopy(self.task_overrides.get(task, {})), "perception.") if task else out
+        return section_for_task(self, task, "perception")
 
 
 @dataclass
@@ -186,6 +179,25 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
     _validate(cfg)   # the overrides were set field by field, past each dataclass's own check
     check_keypoint_counts(cfg)
     return cfg
+
+
+def section_for_task(section, task: str | None, name: str):
+    """A copy of config ``section`` (a dataclass with a ``task_overrides`` field, named ``name``) with
+    ``task_overrides[task]`` applied and no per-task overrides left; ``None``: the section's own settings."""
+    out = copy.deepcopy(section)
+    out.task_overrides = {}
+    return _merge(out, copy.deepcopy(section.task_overrides.get(task, {})), f"{name}.") if task else out
+
+
+def check_task_overrides(section, name: str) -> None:
+    """Each ``task_overrides`` entry of ``section`` names a known task and holds settings of the section that
+    apply: unknown keys fail here, at load time, not after hours of earlier stages."""
+    for task, over in section.task_overrides.items():
+        check_task_name(task)
+        if not isinstance(over, dict) or "task_overrides" in over:
+            raise ValueError(f"{name}.task_overrides.{task} must be a mapping of {name} settings "
+                             f"(not task_overrides itself), got {over!r}")
+        section_for_task(section, task, name)
 
 
 def check_keypoint_counts(cfg: Config) -> None:

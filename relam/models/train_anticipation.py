@@ -14,7 +14,6 @@ Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -87,22 +86,15 @@ class AnticipationConfig:
     that make the model read positions (``for_task``; measured in the ``cpu`` profile's comments)."""
 
     def __post_init__(self):
-        from relam.envs import check_task_name
-        for task, over in self.task_overrides.items():
-            check_task_name(task)
-            if not isinstance(over, dict) or "task_overrides" in over:
-                raise ValueError(f"anticipation.task_overrides.{task} must be a mapping of anticipation settings "
-                                 f"(not task_overrides itself), got {over!r}")
-            self.for_task(task)   # unknown keys fail here, at load time, not after hours of earlier stages
+        from relam.config import check_task_overrides
+        check_task_overrides(self, "anticipation")
 
     def for_task(self, task: str | None) -> "AnticipationConfig":
         """The settings of ``task``'s own model: this section with ``task_overrides[task]`` applied, and no
         per-task overrides left (so a model's config.json only holds what it was trained with). ``None``: the
         multi-task model's."""
-        from relam.config import _merge
-        out = copy.deepcopy(self)
-        out.task_overrides = {}
-        return _merge(out, copy.deepcopy(self.task_overrides.get(task, {})), "anticipation.") if task else out
+        from relam.config import section_for_task
+        return section_for_task(self, task, "anticipation")
 
 
 @dataclass
