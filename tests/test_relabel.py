@@ -220,3 +220,41 @@ def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):
     assert "learner" not in iql and "mc_beta" not in iql and "value_steps" not in iql and iql["expectile"] == 0.7
     cfg.iql.learner = "filtered-bc"
     assert "mc_beta" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+
+
+def test_goal_observation_appends_the_tasks_goal_offline_and_online(tmp_path):
+    from relam.data.store import EpisodeSet
+    from relam.data.demos import offline_path
+    from relam.envs.maniskill_tasks import goal_of_states
+    from relam.envs.metaworld_tasks import MetaWorldTask
+    from relam.rl.iql import flat_observation, run_config
+    from relam.rl.mc_awr import load_policy
+    from relam.rl.ppo import make_env, make_planner
+    from relam.rl.relabel import relabel_dataset
+
+    cfg, res, rd = _smoke_iql_run(tmp_path, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  goal_observation=True)
+    assert json.loads((rd / "config.json").read_text())["iql"]["goal_observation"] is True
+    assert res["final_eval"]["episodes"] == 1
+    x = flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(7))[None]   # proprio (4) + goal (3)
+    assert load_policy(rd / "model.pt").predict(x).shape == (1, 4)
+    # offline: the relabelled state ends with each trajectory's goal, read from its recorded simulator states
+    d = dict(np.load(cfg.out / "relabelled" / "PushCube" / "relam-gt.npz"))
+    assert d["state"].shape[1] == 7 and d["next_state"].shape[1] == 7
+    with EpisodeSet(offline_path(cfg, "PushCube")) as ds:
+        for ep in np.unique(d["episode"]):
+            m = d["episode"] == ep
+            goal = goal_of_states(ds.groundtruth(int(ep))["states"])[: m.sum()]
+            np.testing.assert_allclose(d["state"][m][:, 4:], goal)
+    # online: the env's state ends with the simulator's goal
+    env = make_env("PushCube", make_planner("PushCube", "relam-gt", cfg), cfg, image_obs=False, goal_obs=True)
+    obs, _ = env.reset(options={"task_seed": 1_000_000})
+    assert env.observation_space["state"].shape == (7,)
+    np.testing.assert_allclose(obs["state"][4:], env.unwrapped.task.goal_position(), atol=1e-6)
+    env.close()
+    # switching the option off gives other files and runs; a task without a goal says which option to unset
+    cfg.iql.goal_observation = False
+    assert "goal_observation" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    assert np.load(relabel_dataset(cfg, "PushCube", "relam-gt", progress=False))["state"].shape[1] == 4
+    with pytest.raises(NotImplementedError, match="iql.goal_observation: false"):
+        MetaWorldTask.goal_of_state(object.__new__(MetaWorldTask), np.zeros(39))

@@ -123,6 +123,14 @@ class Task(abc.ABC):
         """``proprio()`` of recorded simulator states (..., state_dim) -> (..., 4), e.g. a demo's ``states``."""
         raise NotImplementedError(f"{type(self).__name__} has no proprio_of_state()")
 
+    def goal_of_state(self, states: np.ndarray) -> np.ndarray:
+        """The task's goal position (world xyz, metres) in recorded simulator states (..., state_dim) -> (..., 3):
+        what the simulator's own observation gives a policy beside its camera (ManiSkill's ``goal_pos``). For the
+        ``iql.goal_observation`` option; tasks without a goal in their standard observation do not have it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no goal_of_state(): its standard observation carries no goal; "
+            "set iql.goal_observation: false for this task")
+
     def close(self) -> None:
         pass
 

@@ -116,6 +116,11 @@ STATE_LAYOUT: dict[str, slice] = {
 }
 STATE_DIM = 36
 
+def goal_of_states(states: np.ndarray) -> np.ndarray:
+    """ManiSkill's ``goal_pos`` (..., 3) in privileged state vectors (..., 36)."""
+    return np.asarray(states)[..., STATE_LAYOUT["goal_pos"]].astype(np.float32)
+
+
 _GOAL_MARKERS = {"PushCube": "goal_region", "PickCube": "goal_site"}
 _CUBE_ATTR = {"PushCube": "obj", "PickCube": "cube"}
 
@@ -461,6 +466,9 @@ class ManiSkillTask(Task):
         s = np.asarray(states)
         qpos, tcp = s[..., STATE_LAYOUT["qpos"]], s[..., STATE_LAYOUT["tcp_pose"]][..., :3]
         return np.concatenate([tcp, qpos[..., 7:8] + qpos[..., 8:9]], -1).astype(np.float32)  # TCP xyz + fingers
+
+    def goal_of_state(self, states: np.ndarray) -> np.ndarray:
+        return goal_of_states(states)
 
     def goal_position(self) -> np.ndarray:
         """World position of the (hidden) goal marker (privileged; diagnostics only)."""

@@ -30,7 +30,9 @@ COORD_LOW, COORD_HIGH = -1.0, 2.0
 
 class TaskEnv(gym.Env):
     """A ``relam.envs`` task as a gymnasium env. Observation: the robot's proprioception (``Task.proprio``:
-    end-effector xyz + gripper; never object state). ``render()`` gives the task camera's RGB frame.
+    end-effector xyz + gripper; never object state), followed with ``goal_obs`` by the task's goal position
+    (``Task.goal_of_state``: ManiSkill's ``goal_pos``, which its own camera observation carries too).
+    ``render()`` gives the task camera's RGB frame.
 
     Initial states: ``reset(seed=s)`` reseeds the env's generator, which then draws the task's reset seed from
     ``seed_pool`` (or from [0, 2^31) if no pool). ``reset(options={'task_seed': n})`` resets to task seed n
@@ -38,11 +40,11 @@ class TaskEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, task: Task, seed_pool=None):
-        self.task = task
+    def __init__(self, task: Task, seed_pool=None, goal_obs: bool = False):
+        self.task, self.goal_obs = task, bool(goal_obs)
         self.render_mode = "rgb_array"
         self.seed_pool = None if seed_pool is None else np.asarray(seed_pool, np.int64)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(7 if goal_obs else 4,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(task.action_dim,), dtype=np.float32)
         self.task_seed = None
         self.last_state = None
@@ -56,11 +58,16 @@ class TaskEnv(gym.Env):
         else:
             self.task_seed = int(self.np_random.integers(2 ** 31 - 1))
         self.last_state = self.task.reset(self.task_seed)   # privileged; for the scripted expert only
-        return self.task.proprio(), {"task_seed": self.task_seed}
+        return self._observe(), {"task_seed": self.task_seed}
 
     def step(self, action):
         self.last_state, reward, terminated, truncated, info = self.task.step(np.asarray(action, np.float32))
-        return self.task.proprio(), float(reward), bool(terminated), bool(truncated), info
+        return self._observe(), float(reward), bool(terminated), bool(truncated), info
+
+    def _observe(self) -> np.ndarray:
+        if not self.goal_obs:
+            return self.task.proprio()
+        return np.concatenate([self.task.proprio(), self.task.goal_of_state(self.last_state)]).astype(np.float32)
 
     def render(self):
         return self.task.render()

@@ -193,10 +193,11 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
 
 
 def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None,
-             env_reward: bool = False):
+             env_reward: bool = False, goal_obs: bool = False):
     """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised); with ``lift`` (a
     ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'; with ``env_reward`` the reward is the
-    simulator's (``relam.rl.env.EnvRewardWrapper``, method 'env-reward')."""
+    simulator's (``relam.rl.env.EnvRewardWrapper``, method 'env-reward'); with ``goal_obs`` 'state' ends with the
+    task's goal position (``TaskEnv``, option ``iql.goal_observation``)."""
     from relam.envs import make_task
     from relam.rl.env import EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
@@ -204,7 +205,7 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
         raise ValueError(f"unknown policy {cfg.ppo.policy!r}; choose 'pixels' or 'keypoints'")
     image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
     task = make_task(task_name, image_size=cfg.env.image_size)
-    env = ReLAMRewardWrapper(TaskEnv(task, seed_pool), planner, SimOnlineTracker(task), planner.num_keypoints,
+    env = ReLAMRewardWrapper(TaskEnv(task, seed_pool, goal_obs), planner, SimOnlineTracker(task), planner.num_keypoints,
                              reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
                              image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task_name))

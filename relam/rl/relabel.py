@@ -10,7 +10,8 @@ transition: ``keypoints``, ``subgoal`` (2K, normalised: what the policy sees at 
 (proprioception: TCP xyz + finger opening, read from the recorded robot state), ``action``, ``next_*`` of the same,
 ``reward`` (ReLAM), ``env_reward``, ``terminal`` (success ended the episode), ``timeout`` (last transition without
 success), ``stage``, ``stage_reached``, ``reached_last``, ``success`` (simulator flag after the action), ``episode``,
-``t`` (frame index of the state, for image observations) and per-episode ``noisy``.
+``t`` (frame index of the state, for image observations) and per-episode ``noisy``. With ``iql.goal_observation``
+``state`` ends with the task's goal position (``Task.goal_of_state``), as the online env's does.
 Transitions after a terminal success are dropped (they do not exist in an online episode).
 """
 from __future__ import annotations
@@ -54,6 +55,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
+    from relam.envs.maniskill_tasks import goal_of_states
     from relam.rl.ppo import (keypoint_parts, make_planner, perception_setting, plan_error_of, plan_setting,
                               reward_config)
 
@@ -68,6 +70,8 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
                 "anticipation_run": run if method == "relam" else None, **plan_setting(cfg, task, method, run),
                 **perception_setting(cfg, task),
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
+    if cfg.iql.goal_observation:   # absent: files made before the option
+        settings["goal_observation"] = True
     settings = json.loads(json.dumps(settings))
     if path.exists():
         with np.load(path) as f:
@@ -88,6 +92,8 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
             T = len(rec.actions)
             end = int(np.argmax(out["terminal"])) + 1 if out["terminal"].any() else T   # drop after terminal success
             prop = proprio_from_states(gt["states"])
+            if cfg.iql.goal_observation:
+                prop = np.concatenate([prop, goal_of_states(gt["states"])], 1)
             kp = out["tracks"].reshape(T + 1, -1).astype(np.float32)
             sg, nsg = (out[k].reshape(T, -1).astype(np.float32) for k in ("targets", "next_targets"))
             cols["keypoints"].append(kp[:end]); cols["next_keypoints"].append(kp[1:end + 1])
