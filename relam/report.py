@@ -217,6 +217,9 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     if cfg is not None and cfg.iql.trajectory_filter == "successful":
         departures.append("ManiSkill rows trained on the trajectories that reached success only "
                           "(`iql.trajectory_filter: successful`; the paper uses all).")
+    if cfg is not None and cfg.iql.goal_observation:
+        departures.append("ManiSkill policies also observe the task's goal position, ManiSkill's `goal_pos` "
+                          "(`iql.goal_observation: true`; ours, a reading of the paper's observation).")
     if cfg is not None and cfg.ppo.use_sde:
         departures.append(f"Meta-World rows: PPO explores with gSDE (`ppo.use_sde: true`, `sde_sample_freq: "
                           f"{cfg.ppo.sde_sample_freq}`, `log_std_init: {cfg.ppo.log_std_init:g}`; the paper's PPO "

@@ -179,8 +179,10 @@ def test_table4_names_the_profiles_offline_learner(tmp_path):
     md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
     assert "Push Cube (MS, MC-AWR)" in md and "`iql.learner: awr-mc`" in md and "(MS, IQL)" not in md
     assert "`iql.trajectory_filter: successful`" in md       # the smoke profile's, as cpu's
-    cfg.iql.trajectory_filter = "none"
-    assert "trajectory_filter" not in write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    assert "`iql.goal_observation: true`" in md              # the smoke profile's, as cpu's
+    cfg.iql.trajectory_filter, cfg.iql.goal_observation = "none", False
+    md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    assert "trajectory_filter" not in md and "goal_observation" not in md
 
 
 def test_table4_says_when_ppo_explores_with_gsde(tmp_path):
