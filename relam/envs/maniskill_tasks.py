@@ -116,6 +116,7 @@ STATE_LAYOUT: dict[str, slice] = {
 }
 STATE_DIM = 36
 
+
 def goal_of_states(states: np.ndarray) -> np.ndarray:
     """ManiSkill's ``goal_pos`` (..., 3) in privileged state vectors (..., 36)."""
     return np.asarray(states)[..., STATE_LAYOUT["goal_pos"]].astype(np.float32)
