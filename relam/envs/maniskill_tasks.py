@@ -117,6 +117,13 @@ STATE_LAYOUT: dict[str, slice] = {
 STATE_DIM = 36
 
 
+def proprio_of_states(states: np.ndarray) -> np.ndarray:
+    """TCP xyz + finger opening (..., 4) in privileged state vectors (..., 36): what the robot knows itself."""
+    s = np.asarray(states)
+    qpos, tcp = s[..., STATE_LAYOUT["qpos"]], s[..., STATE_LAYOUT["tcp_pose"]][..., :3]
+    return np.concatenate([tcp, qpos[..., 7:8] + qpos[..., 8:9]], -1).astype(np.float32)
+
+
 def goal_of_states(states: np.ndarray) -> np.ndarray:
     """ManiSkill's ``goal_pos`` (..., 3) in privileged state vectors (..., 36)."""
     return np.asarray(states)[..., STATE_LAYOUT["goal_pos"]].astype(np.float32)
@@ -464,9 +471,7 @@ class ManiSkillTask(Task):
         return self.proprio_of_state(self._state())
 
     def proprio_of_state(self, states: np.ndarray) -> np.ndarray:
-        s = np.asarray(states)
-        qpos, tcp = s[..., STATE_LAYOUT["qpos"]], s[..., STATE_LAYOUT["tcp_pose"]][..., :3]
-        return np.concatenate([tcp, qpos[..., 7:8] + qpos[..., 8:9]], -1).astype(np.float32)  # TCP xyz + fingers
+        return proprio_of_states(states)
 
     def goal_of_state(self, states: np.ndarray) -> np.ndarray:
         return goal_of_states(states)

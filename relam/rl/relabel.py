@@ -27,13 +27,6 @@ from relam.io import atomic_path
 from relam.reward import RewardConfig, relabel
 
 
-def proprio_from_states(states: np.ndarray) -> np.ndarray:
-    """(T, 36) ManiSkill privileged states -> (T, 4) TCP xyz + finger opening (what the robot knows itself)."""
-    from relam.envs.maniskill_tasks import STATE_LAYOUT
-    qpos, tcp = states[:, STATE_LAYOUT["qpos"]], states[:, STATE_LAYOUT["tcp_pose"]][:, :3]
-    return np.concatenate([tcp, (qpos[:, 7] + qpos[:, 8])[:, None]], 1).astype(np.float32)
-
-
 def relabel_episode(plan: np.ndarray, gt: dict, step_success: np.ndarray, image_size: int,
                     cfg: RewardConfig, parts=None) -> dict:
     """Track the plan's x^0 through one recorded episode (sim tracker on its stored poses) and relabel it.
@@ -55,7 +48,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     ``anticipation_run`` (default ``cfg.iql.anticipation_run``), 'relam-gt' from the expert); returns the file."""
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
-    from relam.envs.maniskill_tasks import goal_of_states
+    from relam.envs.maniskill_tasks import goal_of_states, proprio_of_states
     from relam.rl.ppo import (keypoint_parts, make_planner, perception_setting, plan_error_of, plan_setting,
                               reward_config)
 
@@ -91,7 +84,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
             out = relabel_episode(plan, gt, rec.step_success, size, rc, parts)
             T = len(rec.actions)
             end = int(np.argmax(out["terminal"])) + 1 if out["terminal"].any() else T   # drop after terminal success
-            prop = proprio_from_states(gt["states"])
+            prop = proprio_of_states(gt["states"])
             if cfg.iql.goal_observation:
                 prop = np.concatenate([prop, goal_of_states(gt["states"])], 1)
             kp = out["tracks"].reshape(T + 1, -1).astype(np.float32)
