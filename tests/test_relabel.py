@@ -213,6 +213,38 @@ def test_awr_mc_learner_writes_a_resumable_run_whose_model_loads(tmp_path):
     assert 0 < kept["dataset"]["episodes_kept"] == n_success and kept["dataset"]["kept_success_share"] == 1.0
 
 
+def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states(tmp_path, monkeypatch):
+    from relam.rl import iql
+    from relam.rl.mc_awr import load_policy
+    from relam.rl.runs import VALIDATION_SEED_OFFSET
+
+    x = iql.flat_observation(np.linspace(0, 1, 8), np.full(8, 0.5), np.ones(4))[None].astype(np.float32)
+    scores = {None: iter([0.2, 0.4, 0.6]), VALIDATION_SEED_OFFSET: iter([0.0, 1.0, 0.0])}
+    seen = {"eval": [], "val": []}
+
+    def scripted(algo, env, episodes, image_size=None, seed_offset=None):
+        seen["val" if seed_offset == VALIDATION_SEED_OFFSET else "eval"].append((episodes, algo.predict(x)))
+        return {"success_rate": next(scores[seed_offset]), "last_subgoal_rate": 0.0}
+
+    monkeypatch.setattr(iql, "evaluate", scripted)
+    cfg, res, rd = _smoke_iql_run(tmp_path, n=2, epochs=3, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  validation_episodes=2)
+    assert [e for e, _ in seen["val"]] == [2, 2, 2] and [e for e, _ in seen["eval"]] == [1, 1, 1]
+    # the run reports epoch 2 (validation 1.0), not the final model; both are kept
+    assert res["success_rate"] == 0.4 and res["selected_step"] == 40 and res["final_eval"]["success_rate"] == 0.6
+    assert json.loads((rd / "config.json").read_text())["iql"]["validation_episodes"] == 2
+    np.testing.assert_allclose(load_policy(rd / "selected.pt").predict(x), seen["val"][1][1], atol=1e-6)
+    np.testing.assert_allclose(load_policy(rd / "model.pt").predict(x), seen["val"][2][1], atol=1e-6)
+    assert not np.allclose(seen["val"][1][1], seen["val"][2][1])   # the two checkpoints differ
+
+    cfg.iql.validation_episodes = 0                    # off: a run as before the option, the final model reported
+    assert "validation_episodes" not in iql.run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    scores[None] = iter([0.3, 0.1, 0.5])
+    off = iql.train_run(cfg, "PushCube", "relam-gt", 0)
+    assert not off["resumed"] and off["success_rate"] == 0.5 and off["selected_step"] == 60
+    assert not (rd / "selected.pt").exists() and len(seen["val"]) == 3
+
+
 def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):
     from relam.rl.iql import run_config
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 from relam.reward import env_reward_signal
-from relam.rl.runs import begin_run, evaluate_policy, grid, run_dir_of, run_one_main
+from relam.rl.runs import (VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main,
+                           selected_index)
 
 METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
@@ -69,6 +70,13 @@ class IQLConfig:
     """Evaluate and checkpoint every this many epochs (and at the end)."""
     eval_episodes: int = 10
     """Simulator episodes per evaluation, from held-out initial states."""
+    validation_episodes: int = 0
+    """Checkpoint selection (ours, as ``ppo.validation_episodes``; the paper reports final policies). At every
+    evaluation the policy also plays this many VALIDATION initial states (task seeds 3_000_000+, disjoint from the
+    evaluation states); the run reports the evaluation of the checkpoint that scored best on them (ties: the later),
+    saved as ``selected.pt`` / ``selected.d3``. 0 (the default): off, the run reports its final model. A policy
+    chosen by playing it in the simulator is no longer purely offline, so this is an option of its own, reported
+    beside the final model's success (``final_eval``)."""
     anticipation_run: str = "task"
     """Which anticipation model plans for 'relam' and 'env-reward': 'task' (per-task model) or 'multitask'."""
     observation: str = "keypoints"
@@ -338,7 +346,7 @@ def make_algo(c: IQLConfig, seed: int):
     ).create(device="cpu:0")
 
 
-def evaluate(algo, env, episodes: int, image_size: int | None = None) -> dict:
+def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int | None = None) -> dict:
     """Greedy IQL policy on held-out initial states (``relam.rl.runs.evaluate_policy``); ``image_size`` for a
     'pixels' policy (the env must then yield ``obs['image']``)."""
     def act(obs):
@@ -346,7 +354,9 @@ def evaluate(algo, env, episodes: int, image_size: int | None = None) -> dict:
         if image_size is not None:
             x = np.concatenate([downscale(np.moveaxis(obs["image"], 0, -1), image_size), x])
         return algo.predict(x[None])[0]
-    return evaluate_policy(act, env, episodes)
+    if seed_offset is None:
+        return evaluate_policy(act, env, episodes)
+    return evaluate_policy(act, env, episodes, seed_offset=seed_offset)
 
 
 def _iql_settings(c: IQLConfig) -> dict:
@@ -357,6 +367,8 @@ def _iql_settings(c: IQLConfig) -> dict:
         del d["subgoal_lift"]
     if not c.goal_observation:         # runs made before the option keep their config
         del d["goal_observation"]
+    if not c.validation_episodes:      # runs made before the option keep their config
+        del d["validation_episodes"]
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
         del d["observation"], d["image_size"]
     if c.learner != "awr-mc":          # runs made before that learner keep their config
@@ -457,7 +469,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.d3", "checkpoint.pt", "state.json", "train.csv", "eval.csv", "model.d3",
-                      "model.pt", "lift.pt"), budget=("iql", "epochs"), final_files=("model.d3", "model.pt"))
+                      "model.pt", "selected.d3", "selected.pt", "lift.pt"), budget=("iql", "epochs"), final_files=("model.d3", "model.pt"))
     if done is not None:
         return done
 
@@ -500,22 +512,31 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
         res = evaluate(policy, env, c.eval_episodes, c.image_size if pixels else None)
+        if c.validation_episodes > 0:
+            val = evaluate(policy, env, c.validation_episodes, c.image_size if pixels else None,
+                           seed_offset=VALIDATION_SEED_OFFSET)
+            res |= {"validation_success_rate": val["success_rate"],
+                    "validation_last_subgoal_rate": val["last_subgoal_rate"]}
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
                        [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))
         with atomic_path(ckpt_path) as tmp:
             learner.save(tmp)
+        if c.validation_episodes > 0 and selected_index(state["evals"]) == len(state["evals"]) - 1:
+            with atomic_path(run_dir / f"selected{Learner.ext}") as tmp:   # before state.json names it
+                shutil.copyfile(ckpt_path, tmp)
         atomic_write_text(run_dir / "state.json", json.dumps(state))
     seconds = time.perf_counter() - t0
     with atomic_path(model_path) as tmp:  # the last checkpoint is the final model
         shutil.copyfile(ckpt_path, tmp)
     final = state["evals"][-1]
+    chosen = state["evals"][selected_index(state["evals"])]
     summary = dataset_summary(data_path, keep) | learner.summary() | (
         {} if lift is None else {"lift_mean_error_m": round(lift.fit_error, 4)})
     results = {"task": task, "method": method, "seed": seed, "algo": "iql", "learner": c.learner,
                "steps": c.epochs * c.steps_per_epoch,
-               "success_rate": final["success_rate"], "last_subgoal_rate": final["last_subgoal_rate"],
-               "final_eval": final, "evals": state["evals"], "dataset": summary,
+               "success_rate": chosen["success_rate"], "last_subgoal_rate": chosen["last_subgoal_rate"],
+               "selected_step": chosen["step"], "selected_eval": chosen, "final_eval": final, "evals": state["evals"], "dataset": summary,
                "seconds_this_session": round(seconds, 1),
                "train_steps_per_second": round(steps_done / max(seconds, 1e-9), 1), "resumed": resumed}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))

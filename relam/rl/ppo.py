@@ -33,7 +33,8 @@ import torch
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows, without_options_off
 from relam.reward import RewardConfig
-from relam.rl.runs import VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main
+from relam.rl.runs import (VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main,
+                           selected_index)
 
 METHODS = ("relam", "relam-gt", "env-reward")
 TRAIN_SEED_OFFSET = 2_000_000  # RL training initial states
@@ -324,14 +325,6 @@ def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict
     if state.get("on_eval") is not None:
         state["on_eval"](model.num_timesteps, res)
     return res
-
-
-def selected_index(evals: list[dict]) -> int:
-    """The evaluation whose checkpoint the run reports: best validation success, ties to the later one; the last
-    evaluation when there was no validation."""
-    if not evals or "validation_success_rate" not in evals[-1]:
-        return len(evals) - 1
-    return max(range(len(evals)), key=lambda i: (evals[i].get("validation_success_rate", -1.0), i))
 
 
 def _callback(run_dir: Path, eval_env, cfg, state: dict):

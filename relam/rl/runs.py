@@ -77,6 +77,14 @@ def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET
             "episodes": episodes}
 
 
+def selected_index(evals: list[dict]) -> int:
+    """The evaluation whose checkpoint the run reports: best validation success, ties to the later one; the last
+    evaluation when there was no validation."""
+    if not evals or "validation_success_rate" not in evals[-1]:
+        return len(evals) - 1
+    return max(range(len(evals)), key=lambda i: (evals[i].get("validation_success_rate", -1.0), i))
+
+
 def grid(cfg, algo: str, section, progress: bool = True) -> list[dict]:
     """Every task x method x seed of a config section (``cfg.ppo`` / ``cfg.iql``); finished runs are skipped,
     interrupted ones resume. With ``section.workers > 1`` runs go to that many subprocesses
