@@ -28,9 +28,9 @@ def expected_config(cfg, task: str, method: str, seed: int) -> dict | None:
 
 
 def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
-    """One row per run directory: task, method, seed, finished, reported success / last-subgoal share (PPO: of the
-    checkpoint selected on validation states, ``ppo.validation_episodes``; else the final model), the final
-    model's success, the selected step, steps.
+    """One row per run directory: task, method, seed, finished, reported success / last-subgoal share (of the
+    checkpoint selected on validation states where the run selects, ``ppo.validation_episodes`` /
+    ``iql.validation_episodes``; else of the final model), the final model's success, the selected step, steps.
     With ``cfg``, a run whose config.json differs from what ``cfg`` asks for is marked ``stale`` and NOT finished
     (its numbers belong to other settings; rerunning the notebook redoes it)."""
     rows = []

@@ -28,8 +28,8 @@ import numpy as np
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 from relam.reward import env_reward_signal
-from relam.rl.runs import (VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main,
-                           selected_index)
+from relam.rl.runs import (EVAL_SEED_OFFSET, VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of,
+                           run_one_main, selected_index)
 
 METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
@@ -346,16 +346,15 @@ def make_algo(c: IQLConfig, seed: int):
     ).create(device="cpu:0")
 
 
-def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int | None = None) -> dict:
-    """Greedy IQL policy on held-out initial states (``relam.rl.runs.evaluate_policy``); ``image_size`` for a
-    'pixels' policy (the env must then yield ``obs['image']``)."""
+def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
+    """Greedy IQL policy on held-out initial states from task seed ``seed_offset`` on
+    (``relam.rl.runs.evaluate_policy``); ``image_size`` for a 'pixels' policy (the env must then yield
+    ``obs['image']``)."""
     def act(obs):
         x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])
         if image_size is not None:
             x = np.concatenate([downscale(np.moveaxis(obs["image"], 0, -1), image_size), x])
         return algo.predict(x[None])[0]
-    if seed_offset is None:
-        return evaluate_policy(act, env, episodes)
     return evaluate_policy(act, env, episodes, seed_offset=seed_offset)
 
 
@@ -469,7 +468,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.d3", "checkpoint.pt", "state.json", "train.csv", "eval.csv", "model.d3",
-                      "model.pt", "selected.d3", "selected.pt", "lift.pt"), budget=("iql", "epochs"), final_files=("model.d3", "model.pt"))
+                      "model.pt", "selected.d3", "selected.pt", "lift.pt"), budget=("iql", "epochs"),
+                     final_files=("model.d3", "model.pt"))
     if done is not None:
         return done
 
@@ -536,7 +536,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     results = {"task": task, "method": method, "seed": seed, "algo": "iql", "learner": c.learner,
                "steps": c.epochs * c.steps_per_epoch,
                "success_rate": chosen["success_rate"], "last_subgoal_rate": chosen["last_subgoal_rate"],
-               "selected_step": chosen["step"], "selected_eval": chosen, "final_eval": final, "evals": state["evals"], "dataset": summary,
+               "selected_step": chosen["step"], "selected_eval": chosen, "final_eval": final,
+               "evals": state["evals"], "dataset": summary,
                "seconds_this_session": round(seconds, 1),
                "train_steps_per_second": round(steps_done / max(seconds, 1e-9), 1), "resumed": resumed}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
