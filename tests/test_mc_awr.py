@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from relam.rl.mc_awr import MCAWR, advantage_weights, load_policy, mc_returns
+from relam.rl.mc_awr import MCAWR, TemporalEnsemble, advantage_weights, chunk_targets, load_policy, mc_returns
 
 
 def test_mc_returns_are_discounted_within_each_trajectory_only():
@@ -101,3 +101,46 @@ def test_dropout_trains_the_policy_but_acting_is_deterministic(tmp_path):
     assert not torch.allclose(learner.policy(x), learner.policy(x))
     learner.save(tmp_path / "m.pt")
     np.testing.assert_allclose(load_policy(tmp_path / "m.pt").predict(obs), learner.predict(obs), atol=1e-6)
+
+
+def test_chunk_targets_are_the_next_actions_of_the_same_trajectory_only():
+    actions = np.arange(5, dtype=np.float32)[:, None]
+    targets, mask = chunk_targets(actions, np.array([0, 0, 0, 1, 1]), 3)
+    np.testing.assert_array_equal(targets[..., 0], [[0, 1, 2], [1, 2, 1], [2, 2, 2], [3, 4, 3], [4, 4, 4]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]])
+
+
+def test_temporal_ensemble_averages_every_chunk_that_covers_this_step():
+    chunks = [np.array([[1.0], [2.0], [3.0]]) * 10 ** j for j in range(4)]
+    flat = TemporalEnsemble(3, decay=0.0)
+    # step t sees chunk j's entry t - j for the last 3 chunks: 1; (2 + 10) / 2; (3 + 20 + 100) / 3; (30 + 200 + 1000) / 3
+    np.testing.assert_allclose([flat(c)[0] for c in chunks], [1.0, 6.0, 41.0, 410.0], rtol=1e-6)
+    flat.reset()                                        # a new episode forgets the old chunks
+    assert flat(chunks[2])[0] == pytest.approx(100.0)
+    decayed = TemporalEnsemble(3, decay=0.5)
+    decayed(chunks[0])
+    w = np.exp(-0.5)                                    # the older chunk weighs more (ACT)
+    assert decayed(chunks[1])[0] == pytest.approx((2.0 + w * 10.0) / (1 + w), rel=1e-6)
+
+
+def test_a_chunked_learner_clones_acts_with_memory_and_loads_the_same(tmp_path):
+    episode = np.repeat(np.arange(40), 10)
+    with pytest.raises(ValueError, match="episode="):
+        _learner(1.0, chunk=3)
+    chunked, obs, good = _learner(1.0, chunk=3, episode=episode)
+    chunked.fit(400)
+    with pytest.raises(ValueError, match="one observation per call"):
+        chunked.predict(obs[:2])
+    firsts = []
+    for o in obs[good][:50]:                            # each a first step: the chunk's own first action
+        chunked.reset()
+        firsts.append(chunked.predict(o[None])[0])
+    assert np.mean(firsts) > 0.25                       # still clones the successful behaviour
+    chunked.reset()
+    run = [chunked.predict(o[None])[0] for o in obs[:5]]
+    chunked.reset()
+    assert not np.allclose(chunked.predict(obs[1:2])[0], run[1])   # step 1 also heard step 0's chunk
+    chunked.save(tmp_path / "model.pt")
+    loaded = load_policy(tmp_path / "model.pt")
+    loaded.reset()
+    np.testing.assert_allclose([loaded.predict(o[None])[0] for o in obs[:5]], run, atol=1e-6)

@@ -245,6 +245,25 @@ def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states
     assert not (rd / "selected.pt").exists() and len(seen["val"]) == 3
 
 
+def test_awr_mc_with_action_chunks_resets_its_memory_every_evaluation_episode(tmp_path, monkeypatch):
+    from relam.rl.iql import flat_observation, run_config
+    from relam.rl.mc_awr import MCAWR, load_policy
+
+    resets = []
+    original = MCAWR.reset
+    monkeypatch.setattr(MCAWR, "reset", lambda self: (resets.append(1), original(self)))
+    cfg, res, rd = _smoke_iql_run(tmp_path, n=1, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  mc_chunk=2, eval_episodes=2)
+    assert len(resets) == 2 and res["final_eval"]["episodes"] == 2   # one reset per evaluation episode
+    assert json.loads((rd / "config.json").read_text())["iql"]["mc_chunk"] == 2
+    policy = load_policy(rd / "model.pt")
+    policy.reset()
+    x = flat_observation(np.zeros(8), np.full(8, 0.5), np.zeros(4))[None]
+    assert policy.predict(x).shape == (1, 4)
+    cfg.iql.mc_chunk = 1                                # off: runs made before the option keep their config
+    assert "mc_chunk" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+
+
 def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):
     from relam.rl.iql import run_config
 

@@ -137,6 +137,10 @@ class LiftedPolicy:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.learner.predict(self.lift.augment(x))
 
+    def reset(self) -> None:
+        if hasattr(self.learner, "reset"):
+            self.learner.reset()
+
 
 def demo_pairs(cfg, task) -> tuple[np.ndarray, np.ndarray]:
     """(keypoints (N, 2K), proprioception (N, 4)) over every frame of the task's demos: the subgoal dataset's

@@ -54,12 +54,15 @@ def _only_budget_grew(old: dict, new: dict, section: str, key: str) -> bool:
     return bool(grew) and rest(old) == rest(new)
 
 
-def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
-    """``act(obs) -> action`` for episodes from task seeds ``seed_offset + i`` in a ReLAM-wrapped env.
-    Success = the simulator's flag was ever 1; also the share that reached the last subgoal."""
+def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET, on_reset=None) -> dict:
+    """``act(obs) -> action`` for episodes from task seeds ``seed_offset + i`` in a ReLAM-wrapped env; ``on_reset()``
+    (if given) at each episode start, for a policy that acts with memory. Success = the simulator's flag was ever 1;
+    also the share that reached the last subgoal."""
     success, last, stages, returns, env_returns, lengths = [], [], [], [], [], []
     for i in range(episodes):
         obs, info = env.reset(options={"task_seed": seed_offset + i})
+        if on_reset is not None:
+            on_reset()
         ever, ret, env_ret, n, done = False, 0.0, 0.0, 0, False
         while not done:
             obs, r, term, trunc, info = env.step(act(obs))
