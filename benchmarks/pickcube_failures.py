@@ -47,6 +47,7 @@ def main() -> None:
     rows = []
     for i in range(a.episodes):
         obs, _ = env.reset(options={"task_seed": EVAL_SEED_OFFSET + i})
+        policy.reset()   # a policy with action chunks (iql.mc_chunk) starts each episode without memory
         done, grasped, closest, speed, success = False, False, np.inf, np.nan, False
         while not done:
             x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])[None]
