@@ -130,8 +130,8 @@ class IQLConfig:
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action, as before. An option, off in every
     profile: on PickCube (ablation ``mc-chunk4``, 3 seeds, 40k, final models) chunks of 4 lift ``relam-gt`` from
-    53.3 to 73.3 % and leave ``relam`` (33.3) and ``env-reward`` (40.0) where they were; not yet measured on PushCube,
-    so not yet the ``cpu`` default (README stage 06)."""
+    53.3 to 73.3 % and leave ``relam`` (33.3) and ``env-reward`` (40.0) where they were; PushCube ``relam-gt`` stays
+    at 100 %; PushCube with generated plans is not yet measured, so not yet the ``cpu`` default (README stage 06)."""
 
 
 def flat_observation(keypoints, subgoal, state) -> np.ndarray:
