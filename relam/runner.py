@@ -34,8 +34,27 @@ def numbered_notebooks(only: list[str] | None = None) -> list[Path]:
     return [p for p in books if p.name[:2] in wanted]
 
 
+def parse_params(items: list[str] | None) -> dict:
+    """``--param NAME=VALUE`` pairs -> {NAME: VALUE}, each VALUE read as YAML (``iql_tasks=[PickCube]``, ``seeds=[0]``,
+    ``name=text``), as papermill's own ``-y`` reads it."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME a notebook parameter, "
+                             f"e.g. --param 'iql_tasks=[PickCube]'")
+        if name in ("profile", "results_dir"):
+            raise SystemExit(f"--param {name}: set it with --{name.replace('_', '-')} instead")
+        out[name] = yaml.safe_load(value)
+    return out
+
+
 def run(profile: str, results_dir: str | None = None, only: list[str] | None = None,
-        kernel: str = "python3") -> int:
+        kernel: str = "python3", params: dict | None = None) -> int:
+    """Execute the notebooks; ``params`` are extra papermill parameters given to every notebook run (a name a
+    notebook's parameters cell does not define is added by papermill and ignored)."""
     import papermill as pm
 
     try:
@@ -53,8 +72,8 @@ def run(profile: str, results_dir: str | None = None, only: list[str] | None = N
         print(f"[relam] {profile}: running {nb.name} -> {target}", flush=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(target), parameters={"profile": profile,
-                                                                    "results_dir": cfg.results_dir or None},
+            pm.execute_notebook(str(nb), str(target), parameters={"profile": profile, "results_dir": cfg.results_dir or None,
+                                                                    **(params or {})},
                                 kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
                                 log_output=True, stdout_file=sys.stdout, stderr_file=sys.stderr)
         except pm.PapermillExecutionError as e:
@@ -94,8 +113,10 @@ def main(argv=None) -> int:
     ap.add_argument("--results-dir", default=None, help="override results/<profile>")
     ap.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. --only 01 02")
     ap.add_argument("--kernel", default="python3")
+    ap.add_argument("--param", action="append", metavar="NAME=VALUE",
+                    help="a notebook parameter, VALUE as YAML (repeatable), e.g. --param 'iql_tasks=[PickCube]'")
     args = ap.parse_args(argv)
-    return run(args.profile, args.results_dir, args.only, args.kernel)
+    return run(args.profile, args.results_dir, args.only, args.kernel, parse_params(args.param))
 
 
 if __name__ == "__main__":

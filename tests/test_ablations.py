@@ -172,3 +172,16 @@ def test_the_multitask_model_leaves_out_a_task_with_its_own_keypoint_count(tmp_p
     ta.train_profile(cfg, progress=False)
     assert trained["door-open"] == (["door-open"], 8) and trained["drawer-open"] == (["drawer-open"], 4)
     assert trained["multitask"] == (["button-press-wall", "drawer-open"], 4)
+
+
+def test_runner_params_are_read_as_yaml_and_bad_ones_are_refused():
+    from relam.runner import parse_params
+
+    got = parse_params(["iql_tasks=[PickCube]", "validation_states=2", "ppo_tasks=[door-open, drawer-open]",
+                        "note=a=b"])
+    assert got == {"iql_tasks": ["PickCube"], "validation_states": 2, "ppo_tasks": ["door-open", "drawer-open"],
+                   "note": "a=b"}
+    assert parse_params(None) == {}
+    for bad in ("iql_tasks", "1x=2", "profile=cpu"):
+        with pytest.raises(SystemExit, match="--param"):
+            parse_params([bad])

@@ -129,8 +129,9 @@ def test_a_chunked_learner_clones_acts_with_memory_and_loads_the_same(tmp_path):
         _learner(1.0, chunk=3)
     chunked, obs, good = _learner(1.0, chunk=3, episode=episode)
     chunked.fit(400)
-    with pytest.raises(ValueError, match="one observation per call"):
-        chunked.predict(obs[:2])
+    for wrong in (obs[:2], obs[0]):                     # a batch of two, or one observation without its batch axis
+        with pytest.raises(ValueError, match=r"one observation per call.*\(1, obs_dim\)"):
+            chunked.predict(wrong)
     firsts = []
     for o in obs[good][:50]:                            # each a first step: the chunk's own first action
         chunked.reset()

@@ -267,9 +267,10 @@ def load_policy(path):
 def _act(net: nn.Module, x, chunk: int, ensemble: TemporalEnsemble) -> np.ndarray:
     if chunk == 1:
         return _greedy(net, x)
-    if len(x) != 1:
+    shape = np.shape(x)
+    if len(shape) != 2 or shape[0] != 1:
         raise ValueError(f"a policy with action chunks acts on one observation per call (temporal ensembling over "
-                         f"the episode), got a batch of {len(x)}")
+                         f"the episode): expected a batch of shape (1, obs_dim), got shape {shape}")
     return ensemble(_greedy(net, x)[0].reshape(chunk, -1))[None]
 
 
