@@ -129,7 +129,8 @@ class RewardConfig:
         elif generated and dg is not None:
             delta = float(dg)
         criterion = self.criterion_generated if generated and self.criterion_generated else self.criterion
-        return replace(self, delta=delta, delta_generated=None, criterion=criterion, criterion_generated=None)
+        return replace(self, delta=delta, delta_generated=None, criterion=criterion, criterion_generated=None,
+                       delta_generated_max=max(self.delta_generated_max, delta))   # the clip of 'model' only
 
     def settings(self, generated: bool, plan_error: float | None = None) -> dict:
         """The resolved config as saved beside runs and relabelled data (defines whether they are up to date)."""

@@ -273,6 +273,7 @@ def test_generated_plans_get_their_own_threshold():
     assert cfg.for_plan(generated=False).delta == 0.04
     assert cfg.for_plan(generated=True).delta == 0.06
     assert RewardConfig(delta_generated=None).for_plan(generated=True).delta == 0.04
+    assert RewardConfig(delta_generated=0.10).for_plan(generated=True).delta == 0.10   # above 'model''s clip: allowed
     pts = np.array([[0.05, 0.0], [0.0, 0.0]])          # one point 0.05 from its target
     plan = np.zeros((2, 2, 2))
     assert not StageMachine(plan, cfg.for_plan(False)).step(pts).stage_reached
