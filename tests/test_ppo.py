@@ -349,7 +349,7 @@ def test_run_reports_the_checkpoint_chosen_on_validation_states(tmp_path, monkey
     def evaluate(model, env, episodes, **kwargs):
         offsets.append(kwargs.get("seed_offset", EVAL_SEED_OFFSET))
         res = real(model, env, episodes, **kwargs)
-        return res | {"success_rate": next(scripted)} if "seed_offset" in kwargs else res
+        return res | {"success_rate": next(scripted)} if kwargs.get("seed_offset") == VALIDATION_SEED_OFFSET else res
 
     monkeypatch.setattr(ppo, "evaluate", evaluate)
     cfg = _tiny_cfg(tmp_path, validation_episodes=1)

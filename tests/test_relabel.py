@@ -216,13 +216,13 @@ def test_awr_mc_learner_writes_a_resumable_run_whose_model_loads(tmp_path):
 def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states(tmp_path, monkeypatch):
     from relam.rl import iql
     from relam.rl.mc_awr import load_policy
-    from relam.rl.runs import VALIDATION_SEED_OFFSET
+    from relam.rl.runs import EVAL_SEED_OFFSET, VALIDATION_SEED_OFFSET
 
     x = iql.flat_observation(np.linspace(0, 1, 8), np.full(8, 0.5), np.ones(4))[None].astype(np.float32)
-    scores = {None: iter([0.2, 0.4, 0.6]), VALIDATION_SEED_OFFSET: iter([0.0, 1.0, 0.0])}
+    scores = {EVAL_SEED_OFFSET: iter([0.2, 0.4, 0.6]), VALIDATION_SEED_OFFSET: iter([0.0, 1.0, 0.0])}
     seen = {"eval": [], "val": []}
 
-    def scripted(algo, env, episodes, image_size=None, seed_offset=None):
+    def scripted(algo, env, episodes, image_size=None, seed_offset=EVAL_SEED_OFFSET):
         seen["val" if seed_offset == VALIDATION_SEED_OFFSET else "eval"].append((episodes, algo.predict(x)))
         return {"success_rate": next(scores[seed_offset]), "last_subgoal_rate": 0.0}
 
@@ -239,7 +239,7 @@ def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states
 
     cfg.iql.validation_episodes = 0                    # off: a run as before the option, the final model reported
     assert "validation_episodes" not in iql.run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
-    scores[None] = iter([0.3, 0.1, 0.5])
+    scores[EVAL_SEED_OFFSET] = iter([0.3, 0.1, 0.5])
     off = iql.train_run(cfg, "PushCube", "relam-gt", 0)
     assert not off["resumed"] and off["success_rate"] == 0.5 and off["selected_step"] == 60
     assert not (rd / "selected.pt").exists() and len(seen["val"]) == 3

@@ -28,8 +28,8 @@ import numpy as np
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows
 from relam.reward import env_reward_signal
-from relam.rl.runs import (EVAL_SEED_OFFSET, VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of,
-                           run_one_main, selected_index)
+from relam.rl.runs import (EVAL_SEED_OFFSET, begin_run, evaluate_policy, evaluate_with_validation, grid,
+                           run_dir_of, run_one_main, selected_index)
 
 METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
@@ -522,12 +522,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                            [state["epoch"] + i + 1] + [float(metrics[k]) for k in sorted(metrics)])
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
-        res = evaluate(policy, env, c.eval_episodes, c.image_size if pixels else None)
-        if c.validation_episodes > 0:
-            val = evaluate(policy, env, c.validation_episodes, c.image_size if pixels else None,
-                           seed_offset=VALIDATION_SEED_OFFSET)
-            res |= {"validation_success_rate": val["success_rate"],
-                    "validation_last_subgoal_rate": val["last_subgoal_rate"]}
+        res = evaluate_with_validation(
+            lambda n, offset: evaluate(policy, env, n, c.image_size if pixels else None, seed_offset=offset),
+            c.eval_episodes, c.validation_episodes)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
                        [state["epoch"], state["epoch"] * c.steps_per_epoch] + list(res.values()))

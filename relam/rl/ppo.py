@@ -33,7 +33,7 @@ import torch
 
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows, without_options_off
 from relam.reward import RewardConfig
-from relam.rl.runs import (VALIDATION_SEED_OFFSET, begin_run, evaluate_policy, grid, run_dir_of, run_one_main,
+from relam.rl.runs import (begin_run, evaluate_policy, evaluate_with_validation, grid, run_dir_of, run_one_main,
                            selected_index)
 
 METHODS = ("relam", "relam-gt", "env-reward")
@@ -315,11 +315,8 @@ def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict
     """One evaluation (plus validation, if on) of the current model: appended to ``state['evals']`` and eval.csv,
     then passed to ``state['on_eval']`` if set.
     Call ``save_checkpoint`` after it: the checkpoint, then the selection, follow the evaluation history."""
-    res = evaluate(model, env, p.eval_episodes)
-    if p.validation_episodes > 0:
-        val = evaluate(model, env, p.validation_episodes, seed_offset=VALIDATION_SEED_OFFSET)
-        res |= {"validation_success_rate": val["success_rate"],
-                "validation_last_subgoal_rate": val["last_subgoal_rate"]}
+    res = evaluate_with_validation(lambda n, offset: evaluate(model, env, n, seed_offset=offset), p.eval_episodes,
+                                   p.validation_episodes)
     state["evals"].append({"step": model.num_timesteps, **res})
     append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
     if state.get("on_eval") is not None:

@@ -80,6 +80,18 @@ def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET
             "episodes": episodes}
 
 
+def evaluate_with_validation(evaluate, episodes: int, validation_episodes: int) -> dict:
+    """One evaluation point of a run: ``evaluate(episodes, seed_offset)`` on the evaluation states, plus, when
+    ``validation_episodes`` > 0, its success and last-subgoal shares on the validation states (which
+    ``selected_index`` picks the reported checkpoint by)."""
+    res = evaluate(episodes, EVAL_SEED_OFFSET)
+    if validation_episodes > 0:
+        val = evaluate(validation_episodes, VALIDATION_SEED_OFFSET)
+        res |= {"validation_success_rate": val["success_rate"],
+                "validation_last_subgoal_rate": val["last_subgoal_rate"]}
+    return res
+
+
 def selected_index(evals: list[dict]) -> int:
     """The evaluation whose checkpoint the run reports: best validation success, ties to the later one; the last
     evaluation when there was no validation."""
