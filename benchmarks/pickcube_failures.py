@@ -38,7 +38,9 @@ def main() -> None:
     run = Path(a.results_dir) / "runs" / "PickCube" / a.method / f"seed{a.seed}"
     if not (run / "model.pt").exists():
         raise SystemExit(f"{run / 'model.pt'} is missing: train the run first (notebook 06), with the awr-mc learner")
-    goal_obs = bool(json.loads((run / "config.json").read_text())["iql"].get("goal_observation", False))
+    settings = json.loads((run / "config.json").read_text())["iql"]
+    goal_obs = bool(settings.get("goal_observation", False))
+    with_subgoal = bool(settings.get("subgoal_observation", True))
     cfg = load_config(a.profile, {"results_dir": a.results_dir, "iql": {"goal_observation": goal_obs}})
     source = "relam-gt" if a.method == "relam-gt" else "relam"
     env = make_env("PickCube", make_planner("PickCube", source, cfg, cfg.iql.anticipation_run), cfg,
@@ -50,7 +52,7 @@ def main() -> None:
         policy.reset()   # a policy with action chunks (iql.mc_chunk) starts each episode without memory
         done, grasped, closest, speed, success = False, False, np.inf, np.nan, False
         while not done:
-            x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])[None]
+            x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"], with_subgoal)[None]
             obs, _, term, trunc, info = env.step(policy.predict(x)[0])
             s = env.unwrapped.last_state
             grasped |= bool(s[L["is_grasped"]][0] > 0.5)

@@ -222,7 +222,7 @@ def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states
     scores = {EVAL_SEED_OFFSET: iter([0.2, 0.4, 0.6]), VALIDATION_SEED_OFFSET: iter([0.0, 1.0, 0.0])}
     seen = {"eval": [], "val": []}
 
-    def scripted(algo, env, episodes, image_size=None, seed_offset=EVAL_SEED_OFFSET):
+    def scripted(algo, env, episodes, image_size=None, seed_offset=EVAL_SEED_OFFSET, with_subgoal=True):
         seen["val" if seed_offset == VALIDATION_SEED_OFFSET else "eval"].append((episodes, algo.predict(x)))
         return {"success_rate": next(scores[seed_offset]), "last_subgoal_rate": 0.0}
 
@@ -310,3 +310,29 @@ def test_goal_observation_appends_the_tasks_goal_offline_and_online(tmp_path):
     assert np.load(relabel_dataset(cfg, "PushCube", "relam-gt", progress=False))["state"].shape[1] == 4
     with pytest.raises(NotImplementedError, match="iql.goal_observation: false"):
         MetaWorldTask.goal_of_state(object.__new__(MetaWorldTask), np.zeros(39))
+
+
+def test_a_policy_without_the_subgoal_observation_trains_evaluates_and_ignores_the_subgoal(tmp_path):
+    from relam.rl.iql import flat_observation, run_config, transitions
+    from relam.rl.mc_awr import load_policy
+
+    kp, sg, st = np.linspace(0, 1, 8), np.full(8, 0.5), np.ones(4)
+    assert flat_observation(kp, sg, st).shape == (28,) and flat_observation(kp, sg, st, False).shape == (12,)
+    np.testing.assert_array_equal(flat_observation(kp, sg, st, False), flat_observation(kp, sg + 0.3, st, False))
+    cfg, res, rd = _smoke_iql_run(tmp_path, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  subgoal_observation=False)
+    assert json.loads((rd / "config.json").read_text())["iql"]["subgoal_observation"] is False
+    assert res["final_eval"]["episodes"] == 1                          # evaluated with the same 2K + S inputs
+    policy = load_policy(rd / "model.pt")
+    assert policy.predict(flat_observation(kp, sg, st, False)[None]).shape == (1, 4)
+    with pytest.raises(RuntimeError):                                  # the full observation no longer fits it
+        policy.predict(flat_observation(kp, sg, st)[None])
+    data = transitions(cfg.out / "relabelled" / "PushCube" / "relam-gt.npz", "reward", with_subgoal=False)
+    assert data["observations"].shape[1] == 12
+    cfg.iql.subgoal_observation = True                                 # on (the default): the key leaves the config
+    assert "subgoal_observation" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    cfg.iql.subgoal_observation, cfg.iql.subgoal_lift = False, True
+    with pytest.raises(ValueError, match="subgoal_observation"):
+        from relam.rl.iql import train_run
+        train_run(cfg, "PushCube", "relam-gt", 0)
+    assert (rd / "model.pt").exists()                                  # refused before it touched the finished run

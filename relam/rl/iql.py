@@ -126,18 +126,28 @@ class IQLConfig:
     mc_dropout: float = 0.1
     """'awr-mc' only: dropout in the policy's hidden layers (ours; without it the policy overfits late, see
     ``relam.rl.mc_awr``)."""
+    subgoal_observation: bool = True
+    """Whether the policy observes the current subgoal (and its difference to the keypoints) beside the keypoints
+    and state: True (the paper's subgoal-conditioned policy) or False (ours): the plan then acts on the policy only
+    through the relabelled reward, i.e. the advantage weights. Why: the expert itself does not pass PickCube's
+    GENERATED subgoals (on the ``cpu`` offline data half of the successful trajectories never pass the first one), so
+    the policy sees a subgoal that says little about where it is in the task. See README stage 06."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
-    ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action, as before. An option, off in every
-    profile: on PickCube (ablation ``mc-chunk4``, 3 seeds, 40k, final models) chunks of 4 lift ``relam-gt`` from
-    53.3 to 73.3 % and leave ``relam`` (33.3) and ``env-reward`` (40.0) where they were; PushCube ``relam-gt`` stays
-    at 100 %; PushCube with generated plans is not yet measured, so not yet the ``cpu`` default (README stage 06)."""
+    ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
+    ``no-chunks`` ablation). 4 in the ``cpu`` and ``smoke`` profiles: on PickCube (3 seeds, 40k, final models) chunks
+    of 4 lift ``relam-gt`` from 53.3 to 73.3 % and leave ``relam`` (33.3) and ``env-reward`` (40.0) where they were;
+    on PushCube all three methods stay at 100 % (README stage 06)."""
 
 
-def flat_observation(keypoints, subgoal, state) -> np.ndarray:
-    """The keypoint-only observation vector (..., 6K + 4)."""
-    kp, sg = np.asarray(keypoints, np.float32), np.asarray(subgoal, np.float32)
-    return np.concatenate([kp, sg, sg - kp, np.asarray(state, np.float32)], -1)
+def flat_observation(keypoints, subgoal, state, with_subgoal: bool = True) -> np.ndarray:
+    """The keypoint-only observation vector: keypoints 2K, subgoal 2K, subgoal - keypoints 2K, state S; without the
+    subgoal (``iql.subgoal_observation: false``) keypoints and state only, (..., 2K + S)."""
+    kp, st = np.asarray(keypoints, np.float32), np.asarray(state, np.float32)
+    if not with_subgoal:
+        return np.concatenate([kp, st], -1)
+    sg = np.asarray(subgoal, np.float32)
+    return np.concatenate([kp, sg, sg - kp, st], -1)
 
 
 def downscale(images: np.ndarray, size: int) -> np.ndarray:
@@ -302,13 +312,14 @@ def training_mask(c: IQLConfig, npz_path: Path | str, reward_key: str, success_b
 
 
 def transitions(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
-                success_bonus: float = 10.0, keep: np.ndarray | None = None) -> dict:
+                success_bonus: float = 10.0, keep: np.ndarray | None = None, with_subgoal: bool = True) -> dict:
     """The learners' arrays of a relabelled file (``relam.rl.relabel``): observations, actions, rewards,
     terminals, timeouts, episode (trajectory id) and noisy (whether the trajectory is a noisy one). ``images``
     (per transition, from ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives
-    ``env_reward_signal``. ``keep`` (a transition mask of whole trajectories, ``keep_mask``) selects the rows."""
+    ``env_reward_signal``. ``keep`` (a transition mask of whole trajectories, ``keep_mask``) selects the rows.
+    ``with_subgoal``: as ``flat_observation``'s."""
     with np.load(npz_path) as d:
-        obs = flat_observation(d["keypoints"], d["subgoal"], d["state"])
+        obs = flat_observation(d["keypoints"], d["subgoal"], d["state"], with_subgoal)
         if images is not None:
             obs = np.concatenate([images, obs], -1)
         episode = d["episode"] if "episode" in d else np.zeros(len(obs), int)
@@ -352,12 +363,13 @@ def make_algo(c: IQLConfig, seed: int):
     ).create(device="cpu:0")
 
 
-def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
+def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int = EVAL_SEED_OFFSET,
+             with_subgoal: bool = True) -> dict:
     """Greedy IQL policy on held-out initial states from task seed ``seed_offset`` on
     (``relam.rl.runs.evaluate_policy``); ``image_size`` for a 'pixels' policy (the env must then yield
-    ``obs['image']``)."""
+    ``obs['image']``); ``with_subgoal`` False for a policy trained without the subgoal in its observation."""
     def act(obs):
-        x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"])
+        x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"], with_subgoal)
         if image_size is not None:
             x = np.concatenate([downscale(np.moveaxis(obs["image"], 0, -1), image_size), x])
         return algo.predict(x[None])[0]
@@ -370,6 +382,8 @@ def _iql_settings(c: IQLConfig) -> dict:
         del d["trajectory_filter"]
     if not c.subgoal_lift:             # runs made before the lift keep their config
         del d["subgoal_lift"]
+    if c.subgoal_observation:          # runs made before the option keep their config
+        del d["subgoal_observation"]
     if not c.goal_observation:         # runs made before the option keep their config
         del d["goal_observation"]
     if not c.validation_episodes:      # runs made before the option keep their config
@@ -474,6 +488,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
                           ("observation", ("keypoints", "pixels"))):
         _check_choice(c, name, choices)
+    if c.subgoal_lift and not c.subgoal_observation:
+        raise ValueError("iql.subgoal_lift adds the lifted SUBGOAL to the observation, so it needs "
+                         "iql.subgoal_observation: true; switch one of them off")
     Learner = _MCLearner if c.learner == "awr-mc" else _D3Learner
     run_dir = run_dir_of(cfg, task, method, seed)
     ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
@@ -491,7 +508,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     pixels = c.observation == "pixels"
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
     keep = training_mask(c, data_path, reward_key, cfg.reward.success_bonus)
-    data = transitions(data_path, reward_key, images, cfg.reward.success_bonus, keep)
+    data = transitions(data_path, reward_key, images, cfg.reward.success_bonus, keep, c.subgoal_observation)
     del images
     if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
@@ -523,7 +540,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
         state["epoch"] += n
         steps_done += n * c.steps_per_epoch
         res = evaluate_with_validation(
-            lambda n, offset: evaluate(policy, env, n, c.image_size if pixels else None, seed_offset=offset),
+            lambda n, offset: evaluate(policy, env, n, c.image_size if pixels else None, seed_offset=offset,
+                                       with_subgoal=c.subgoal_observation),
             c.eval_episodes, c.validation_episodes)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
