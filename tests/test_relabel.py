@@ -228,7 +228,7 @@ def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states
 
     monkeypatch.setattr(iql, "evaluate", scripted)
     cfg, res, rd = _smoke_iql_run(tmp_path, n=2, epochs=3, steps_per_epoch=20, learner="awr-mc", value_steps=10,
-                                  validation_episodes=2)
+                                  validation_episodes=2, mc_chunk=1)   # memoryless, so one predict shows the weights
     assert [e for e, _ in seen["val"]] == [2, 2, 2] and [e for e, _ in seen["eval"]] == [1, 1, 1]
     # the run reports epoch 2 (validation 1.0), not the final model; both are kept
     assert res["success_rate"] == 0.4 and res["selected_step"] == 40 and res["final_eval"]["success_rate"] == 0.6
