@@ -53,8 +53,8 @@ def parse_params(items: list[str] | None) -> dict:
 
 def run(profile: str, results_dir: str | None = None, only: list[str] | None = None,
         kernel: str = "python3", params: dict | None = None) -> int:
-    """Execute the notebooks; ``params`` are extra papermill parameters given to every notebook run (a name a
-    notebook's parameters cell does not define is added by papermill and ignored)."""
+    """Execute the notebooks; ``params`` are extra papermill parameters given to every notebook run. A name that no
+    selected notebook's parameters cell defines is refused (papermill would inject it and nothing would read it)."""
     import papermill as pm
 
     try:
@@ -62,9 +62,16 @@ def run(profile: str, results_dir: str | None = None, only: list[str] | None = N
     except ConfigError as e:
         print(f"[relam] {e}", file=sys.stderr)
         return 2
+    books = numbered_notebooks(only)
+    if params:
+        known = set().union(*(pm.inspect_notebook(str(nb)) for nb in books))
+        unknown = sorted(set(params) - known)
+        if unknown:
+            print(f"[relam] --param {unknown}: no parameter of that name in {[nb.name for nb in books]}; "
+                  f"their parameters: {sorted(known)}", file=sys.stderr)
+            return 2
     out_dir = cfg.out / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)  # papermill does not create it
-    books = numbered_notebooks(only)
     t_all = time.perf_counter()
     times = []
     for nb in books:

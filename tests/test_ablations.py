@@ -185,3 +185,11 @@ def test_runner_params_are_read_as_yaml_and_bad_ones_are_refused():
     for bad in ("iql_tasks", "1x=2", "profile=cpu"):
         with pytest.raises(SystemExit, match="--param"):
             parse_params([bad])
+
+
+def test_runner_refuses_a_param_that_no_selected_notebook_defines(tmp_path, capsys):
+    from relam.runner import run
+
+    res = tmp_path / "res"
+    assert run("smoke", str(res), only=["08"], params={"iql_task": ["PickCube"]}) == 2   # typo of iql_tasks
+    assert "iql_task" in capsys.readouterr().err and not res.exists()                  # refused before anything ran
