@@ -30,6 +30,16 @@ def _merge_dicts(base: dict, extra: dict) -> dict:
 
 
 REUSABLE = ("subgoals", "anticipation")
+# the settings that define each stage an ablation shares with its profile (demos and offline data always)
+_SUBGOALS = ("seed", "env.image_size", "demos", "perception.segmenter", "perception.segmenter_kwargs",
+             "perception.tracker", "perception.tracker_kwargs", "perception.keypoints", "perception.keyframes",
+             "perception.task_overrides")   # what build_subgoal_dataset reads (x0 anchoring is RL-time only)
+DEFINED_BY = {
+    "demos": ("seed", "env.image_size", "demos"),
+    "offline": ("seed", "env.image_size", "offline"),
+    "subgoals": _SUBGOALS,
+    "anticipation": _SUBGOALS + ("anticipation",),
+}
 
 
 def num_keypoints_overrides(k: int, cfg: Config | None = None) -> dict:
@@ -58,11 +68,23 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"ablation name {name!r}: use a plain directory name such as 'kp-near-object'")
-    out = Path(cfg.out) / "ablations" / name
-    out.mkdir(parents=True, exist_ok=True)
     unknown = set(reuse) - set(REUSABLE)
     if unknown:
         raise ValueError(f"reuse={sorted(unknown)}: only the profile's {REUSABLE} can be reused")
+    out = Path(cfg.out) / "ablations" / name
+    base = cfg.to_dict()
+    base.pop("profile", None)
+    abl = load_config(cfg.profile, _merge_dicts(base, {**overrides, "results_dir": str(out)}))
+    # a shared stage is a link to the profile's directory: a stage whose settings the overrides change would be
+    # rebuilt THROUGH the link, over the profile's own results
+    for shared in ("demos", "offline", *reuse):
+        changed = [key for key in DEFINED_BY[shared] if _setting(cfg, key) != _setting(abl, key)]
+        if changed:
+            fix = (f"drop {shared!r} from reuse" if shared in reuse else
+                   "run it as its own profile (configs/<name>.yaml) instead")
+            raise ValueError(f"ablation {name!r} changes {changed}, which define the profile's {shared!r} stage that "
+                             f"it shares by a link; rebuilding it there would overwrite the profile's results: {fix}")
+    out.mkdir(parents=True, exist_ok=True)
     for shared in ("demos", "offline", *reuse):
         src, link = Path(cfg.out) / shared, out / shared
         if not src.exists():
@@ -76,9 +98,15 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
             except FileExistsError:   # runs of one ablation started at once: another process linked it first
                 if link.resolve() != src.resolve():
                     raise
-    base = cfg.to_dict()
-    base.pop("profile", None)
-    return load_config(cfg.profile, _merge_dicts(base, {**overrides, "results_dir": str(out)}))
+    return abl
+
+
+def _setting(cfg: Config, key: str):
+    """A config value by dotted path ('env.image_size', 'perception')."""
+    value = cfg.to_dict()
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "relam-gt"), seeds=(0,),

@@ -77,6 +77,27 @@ def test_an_ablation_can_reuse_the_profiles_subgoals_and_models(tmp_path):
         load_config("smoke", {"perception": {"x0_anchor": "mean"}})
 
 
+def test_an_ablation_that_changes_a_shared_stage_is_refused_before_it_can_overwrite_the_profile(tmp_path):
+    """A shared stage is a link to the profile's directory: rebuilding it under other settings would write there
+    (it happened: a keypoint ablation that reused 'subgoals' rebuilt the profile's subgoal dataset)."""
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res")})
+    for d in ("demos", "offline", "subgoals", "anticipation"):
+        (cfg.out / d).mkdir(parents=True)
+    near = {"perception": {"keypoints": {"selection": "near-object"}}}
+    with pytest.raises(ValueError, match=r"perception\.keypoints.*'subgoals'.*drop 'subgoals' from reuse"):
+        ablation_config(cfg, "kp", near, reuse=("subgoals",))
+    assert not (cfg.out / "ablations" / "kp").exists()                  # refused before anything was made
+    with pytest.raises(ValueError, match=r"\['anticipation'\].*'anticipation'"):
+        ablation_config(cfg, "lr", {"anticipation": {"lr": 0.01}}, reuse=("subgoals", "anticipation"))
+    with pytest.raises(ValueError, match=r"\['demos'\].*'demos'.*own profile"):
+        ablation_config(cfg, "more-demos", {"demos": {"n_demos": 9}})
+    # what only RL reads may share every stage, and what only the model reads may share the subgoals
+    assert ablation_config(cfg, "lr", {"anticipation": {"lr": 0.01}}, reuse=("subgoals",)).anticipation.lr == 0.01
+    ablation_config(cfg, "delta", {"reward": {"delta": 0.05}, "perception": {"x0_anchor": "nearest"}},
+                    reuse=("subgoals", "anticipation"))
+    assert ablation_config(cfg, "kp", near).perception.keypoints.selection == "near-object"   # without reuse: fine
+
+
 def test_compare_lists_profile_and_ablation_side_by_side(tmp_path):
     cfg = load_config("smoke", {"results_dir": str(tmp_path)})
     _run(tmp_path, "PushCube", "relam", 0, 0.2)
