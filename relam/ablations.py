@@ -77,8 +77,9 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
     abl = load_config(cfg.profile, _merge_dicts(base, {**overrides, "results_dir": str(out)}))
     # a shared stage is a link to the profile's directory: a stage whose settings the overrides change would be
     # rebuilt THROUGH the link, over the profile's own results
+    mine, theirs = cfg.to_dict(), abl.to_dict()
     for shared in ("demos", "offline", *reuse):
-        changed = [key for key in DEFINED_BY[shared] if _setting(cfg, key) != _setting(abl, key)]
+        changed = [key for key in DEFINED_BY[shared] if _setting(mine, key) != _setting(theirs, key)]
         if changed:
             fix = (f"drop {shared!r} from reuse" if shared in reuse else
                    "run it as its own profile (configs/<name>.yaml) instead")
@@ -101,9 +102,9 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
     return abl
 
 
-def _setting(cfg: Config, key: str):
-    """A config value by dotted path ('env.image_size', 'perception')."""
-    value = cfg.to_dict()
+def _setting(settings: dict, key: str):
+    """A value of a config's ``to_dict()`` by dotted path ('env.image_size', 'perception')."""
+    value = settings
     for part in key.split("."):
         value = value[part]
     return value

@@ -79,8 +79,8 @@ def run(profile: str, results_dir: str | None = None, only: list[str] | None = N
         print(f"[relam] {profile}: running {nb.name} -> {target}", flush=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(target), parameters={"profile": profile, "results_dir": cfg.results_dir or None,
-                                                                    **(params or {})},
+            pm.execute_notebook(str(nb), str(target),
+                                parameters={"profile": profile, "results_dir": cfg.results_dir or None, **(params or {})},
                                 kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
                                 log_output=True, stdout_file=sys.stdout, stderr_file=sys.stderr)
         except pm.PapermillExecutionError as e:
