@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -94,6 +94,9 @@ class RewardConfig:
     """Exponential only: f = -(1 - exp(-a x)) / (1 - exp(-a)), x = d / d_max."""
     logistic_slope: float = 10.0
     """Logistic only: a sigmoid of slope b centred at d_max / 2, rescaled to [0, -1] on [0, d_max]."""
+    task_overrides: dict = field(default_factory=dict)
+    """Per-task settings, ``{task: {setting: value}}`` (ours; as ``perception.task_overrides``); ``for_task``
+    applies them. The ``cpu`` profile gives PickCube ``delta_generated: 0.06`` (README, stage 06)."""
 
     def __post_init__(self):
         if self.function not in REWARD_FUNCTIONS:
@@ -114,6 +117,14 @@ class RewardConfig:
             raise ValueError(f"d_max, delta and delta_generated must be positive and delta_generated_max >= delta, got "
                              f"d_max={self.d_max}, delta={self.delta}, delta_generated={dg}, "
                              f"delta_generated_max={self.delta_generated_max}")
+        if self.task_overrides:
+            from relam.config import check_task_overrides
+            check_task_overrides(self, "reward")
+
+    def for_task(self, task: str | None) -> "RewardConfig":
+        """The reward settings of ``task``: ``task_overrides[task]`` applied, no per-task overrides left."""
+        from relam.config import section_for_task
+        return section_for_task(self, task, "reward")
 
     def for_plan(self, generated: bool, plan_error: float | None = None) -> "RewardConfig":
         """The config a stage machine uses for a ground-truth (``generated=False``) or a generated plan: ``delta``
@@ -136,6 +147,8 @@ class RewardConfig:
         """The resolved config as saved beside runs and relabelled data (defines whether they are up to date)."""
         d = asdict(self.for_plan(generated, plan_error))
         del d["delta_generated"], d["delta_generated_max"], d["criterion_generated"]   # resolved into delta, criterion
+        if d.pop("task_overrides"):
+            raise ValueError("RewardConfig.settings is per task: call it on cfg.reward.for_task(task)")
         return without_options_off(d, {("part_weighting",): "keypoint"})   # added later: older runs stay current
 
 

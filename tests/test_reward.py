@@ -396,3 +396,23 @@ def test_stage_machine_distances_match_the_vectorised_eq3():
         d = keypoint_distance(pts, plan[1])
         s = m.step(pts)
         assert s.distance == pytest.approx(float(w @ d)) and s.max_distance == pytest.approx(float(d.max()))
+
+
+def test_reward_task_overrides_resolve_per_task_and_are_checked():
+    from relam.config import load_config
+    from relam.rl.ppo import reward_config
+
+    cfg = load_config("smoke", {"reward": {"task_overrides": {"PickCube": {"delta_generated": 0.06}}}})
+    pick, push = reward_config(cfg, "PickCube", True, 0.03), reward_config(cfg, "PushCube", True, 0.05)
+    assert pick.delta == pytest.approx(0.06) and push.delta == pytest.approx(0.05)   # PushCube keeps 'model'
+    assert reward_config(cfg, "PickCube", False).delta == cfg.reward.delta            # ground-truth plans: delta
+    # the settings saved beside runs are per task and carry no overrides, so other tasks' runs stay current
+    plain = load_config("smoke")
+    assert cfg.reward.for_task("PushCube").settings(True, 0.05) == plain.reward.for_task("PushCube").settings(True, 0.05)
+    assert cfg.reward.for_task("PickCube").settings(True, 0.03)["delta"] == pytest.approx(0.06)
+    with pytest.raises(ValueError, match="for_task"):
+        cfg.reward.settings(True, 0.03)
+    with pytest.raises(ValueError, match="reward"):
+        load_config("smoke", {"reward": {"task_overrides": {"PickCube": {"no_such_setting": 1}}}})
+    with pytest.raises(ValueError):
+        load_config("smoke", {"reward": {"task_overrides": {"NoSuchTask": {"delta": 0.05}}}})

@@ -207,7 +207,7 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
     task = make_task(task_name, image_size=cfg.env.image_size)
     env = ReLAMRewardWrapper(TaskEnv(task, seed_pool, goal_obs), planner, SimOnlineTracker(task), planner.num_keypoints,
-                             reward_config(cfg, planner.generated, getattr(planner, "plan_error", None)),
+                             reward_config(cfg, task_name, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
                              image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task_name))
     if env_reward:
@@ -261,10 +261,10 @@ def policy_kwargs(p: PPOConfig) -> dict:
     return kw
 
 
-def reward_config(cfg, generated: bool, plan_error: float | None = None) -> RewardConfig:
-    """The profile's reward config resolved for a generated (anticipation model, whose held-out subgoal error is
-    ``plan_error``) or ground-truth plan."""
-    return cfg.reward.for_plan(generated, plan_error)
+def reward_config(cfg, task: str, generated: bool, plan_error: float | None = None) -> RewardConfig:
+    """The profile's reward config of ``task`` (``reward.task_overrides`` applied) resolved for a generated
+    (anticipation model, whose held-out subgoal error is ``plan_error``) or ground-truth plan."""
+    return cfg.reward.for_task(task).for_plan(generated, plan_error)
 
 
 def plan_error_of(cfg, task: str, anticipation_run: str) -> float | None:
@@ -274,7 +274,7 @@ def plan_error_of(cfg, task: str, anticipation_run: str) -> float | None:
     from relam.models.train_anticipation import held_out_plan_error
     run_dir = anticipation_dir(cfg, task, anticipation_run)
     error = held_out_plan_error(run_dir, task, cfg.env.image_size)
-    if error is None and cfg.reward.delta_generated == "model":
+    if error is None and cfg.reward.for_task(task).delta_generated == "model":
         raise FileNotFoundError(f"no finished anticipation model for {task!r} at {run_dir} (no metrics.json with its "
                                 f"held-out error, which sets the stage threshold of generated plans); run "
                                 f"notebooks/04_anticipation.ipynb (or ./run_all.sh --profile {cfg.profile}) first, or "
@@ -284,7 +284,8 @@ def plan_error_of(cfg, task: str, anticipation_run: str) -> float | None:
 
 def reward_setting(cfg, task: str, generated: bool, anticipation_run: str) -> dict:
     """The resolved reward config as recorded in run configs and relabelled files."""
-    return cfg.reward.settings(generated, plan_error_of(cfg, task, anticipation_run) if generated else None)
+    return cfg.reward.for_task(task).settings(generated, plan_error_of(cfg, task, anticipation_run) if generated
+                                              else None)
 
 
 # --- evaluation -----------------------------------------------------------------------------------------

@@ -55,11 +55,11 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     run = anticipation_run or cfg.iql.anticipation_run
     generated = method == "relam"
     error = plan_error_of(cfg, task, run) if generated else None
-    rc = reward_config(cfg, generated, error)
+    rc = reward_config(cfg, task, generated, error)
     src = offline_path(cfg, task)
     path = cfg.out / "relabelled" / task / f"{method}.npz"
     src_attrs = read_attrs(src) or {}
-    settings = {"task": task, "method": method, "reward": cfg.reward.settings(generated, error),
+    settings = {"task": task, "method": method, "reward": cfg.reward.for_task(task).settings(generated, error),
                 "anticipation_run": run if method == "relam" else None, **plan_setting(cfg, task, method, run),
                 **perception_setting(cfg, task),
                 "source": {k: v for k, v in src_attrs.items() if k in ("n_expert", "n_noisy", "seed_offset")}}
