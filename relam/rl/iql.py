@@ -509,8 +509,9 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                                 anticipation_run=c.anticipation_run)
     pixels = c.observation == "pixels"
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
-    keep = training_mask(c, data_path, reward_key, cfg.reward.success_bonus)
-    data = transitions(data_path, reward_key, images, cfg.reward.success_bonus, keep, c.subgoal_observation)
+    bonus = cfg.reward.for_task(task).success_bonus
+    keep = training_mask(c, data_path, reward_key, bonus)
+    data = transitions(data_path, reward_key, images, bonus, keep, c.subgoal_observation)
     del images
     if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
