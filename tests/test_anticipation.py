@@ -165,6 +165,18 @@ def test_plan_errors_penalise_wrong_lengths():
     assert e["len_err"] == 1 and e["subgoal_px"] > 0 and e["x0_px"] == 0
 
 
+def test_plan_errors_report_the_first_subgoal_mean_and_worst_keypoint():
+    t = np.zeros((3, 2, 2))
+    p = t.copy()
+    p[1, 0] = [0.03, 0.04]          # one keypoint of x^1 off by 5 px at 100 px, the other exact
+    p[2] = 0.5                      # later subgoals do not enter x1
+    e = plan_errors([p], [t], 100)
+    assert np.isclose(e["x1_px"], 2.5) and np.isclose(e["x1_max_px"], 5.0) and e["x0_px"] == 0
+    # a one-step plan is padded by repeating its x^0, like subgoal_px
+    e = plan_errors([t[:1]], [t], 100)
+    assert e["x1_px"] == 0 and e["len_err"] == 2
+
+
 def _write_subgoal_ds(tmp_path, k=4):
     samples = _tiny_dataset(4)
     return SubgoalDataset(task="toy", first_frames=np.stack([s.first_frame for s in samples]),
