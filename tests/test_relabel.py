@@ -35,6 +35,9 @@ def test_relabel_dataset_is_consistent_with_the_reward(tmp_path):
         assert d["terminal"][m][-1] == d["success"][m][-1]
     s = dataset_summary(path)
     assert s["episodes"] == 2 and 0 <= s["episodes_last_subgoal"] <= 1 and 0 <= s["episodes_success"] <= 1
+    won = [e for e in (0, 1) if d["success"][d["episode"] == e].any()]
+    stuck = [not d["stage_reached"][d["episode"] == e].any() for e in won]
+    assert (np.isnan(s["success_stuck_first"]) if not won else s["success_stuck_first"] == np.mean(stuck))
     mtime = path.stat().st_mtime_ns
     assert relabel_dataset(cfg, "PushCube", "relam-gt", progress=False) == path and path.stat().st_mtime_ns == mtime
 
