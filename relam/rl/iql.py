@@ -77,6 +77,11 @@ class IQLConfig:
     saved as ``selected.pt`` / ``selected.d3``. 0 (the default): off, the run reports its final model. A policy
     chosen by playing it in the simulator is no longer purely offline, so this is an option of its own, reported
     beside the final model's success (``final_eval``)."""
+    reeval_episodes: int = 0
+    """After training (``reevaluate_grid``, notebook 06): play each finished run's reported model on this many
+    evaluation states, the first ``eval_episodes`` of which are the run's own (ours; 0: off). Not part of a run's
+    definition (its config.json). Why: 10 episodes per seed leave a standard error of ~15 points per run; PickCube
+    ``relam`` at ``cpu`` read 60 / 60 / 30 % on its 10 states and 34 / 76 / 70 % on 50 (2026-12-04, README)."""
     anticipation_run: str = "task"
     """Which anticipation model plans for 'relam' and 'env-reward': 'task' (per-task model) or 'multitask'."""
     observation: str = "keypoints"
@@ -380,6 +385,7 @@ def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offse
 
 def _iql_settings(c: IQLConfig) -> dict:
     d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
+    del d["reeval_episodes"]           # played after training: does not define a run
     if c.trajectory_filter == "none":  # runs made before the filter keep their config
         del d["trajectory_filter"]
     if not c.subgoal_lift:             # runs made before the lift keep their config
@@ -584,6 +590,81 @@ def _subgoal_lift(c: IQLConfig, run_dir: Path, data_path: Path, env, seed: int) 
             keypoints, state = d["keypoints"], d["state"]
         return SubgoalLift(np.flatnonzero(np.asarray(env.parts) == 0), env.K, seed=seed).fit(keypoints, state)
     return load_or_fit(run_dir / "lift.pt", fit)
+
+
+def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None = None) -> dict:
+    """The model a FINISHED run reports (``selected`` with validation, else the final one) played on the first
+    ``episodes`` (default ``iql.reeval_episodes``) evaluation states, a superset of the run's own. Written to
+    ``reeval<episodes>.json`` in the run directory (atomic) and returned from there while the run's results are
+    unchanged. Success = the simulator's flag, as in training."""
+    from relam.rl.lift import LiftedPolicy
+    from relam.rl.ppo import make_env, make_planner
+    from relam.rl.relabel import relabel_dataset
+
+    c = cfg.iql
+    episodes = c.reeval_episodes if episodes is None else episodes
+    if episodes < 1:
+        raise ValueError(f"re-evaluation needs episodes >= 1, got {episodes} (set iql.reeval_episodes)")
+    run_dir = run_dir_of(cfg, task, method, seed)
+    results_path, config_path = run_dir / "results.json", run_dir / "config.json"
+    if not results_path.exists() or json.loads(config_path.read_text()) != json.loads(
+            json.dumps(run_config(cfg, task, method, seed))):
+        raise ValueError(f"{run_dir} is not a finished run of this config; train it first "
+                         f"(relam.rl.iql.train_run or notebook 06), then re-evaluate")
+    results = json.loads(results_path.read_text())
+    out = run_dir / f"reeval{episodes}.json"
+    key = {"results_mtime_ns": results_path.stat().st_mtime_ns, "episodes": episodes}
+    if out.exists() and json.loads(out.read_text()).get("key") == key:
+        return json.loads(out.read_text())
+    pixels = c.observation == "pixels"
+    ext = ".pt" if c.learner == "awr-mc" else ".d3"
+    selected = run_dir / f"selected{ext}"
+    model = selected if c.validation_episodes > 0 and selected.exists() else run_dir / f"model{ext}"
+    if c.learner == "awr-mc":
+        from relam.rl.mc_awr import load_policy
+        policy = load_policy(model)
+    else:
+        import d3rlpy
+        if pixels:
+            pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before the model is loaded
+        policy = d3rlpy.load_learnable(str(model), device="cpu:0")
+    source = _source(method)[0]
+    planner = make_planner(task, source, cfg, c.anticipation_run)
+    env = make_env(task, planner, cfg, image_obs=pixels, goal_obs=c.goal_observation)
+    try:
+        if c.subgoal_lift:
+            data_path = relabel_dataset(cfg, task, source, planner=planner, progress=False,
+                                        anticipation_run=c.anticipation_run)
+            policy = LiftedPolicy(policy, _subgoal_lift(c, run_dir, data_path, env, seed))
+        res = evaluate(policy, env, episodes, c.image_size if pixels else None, with_subgoal=c.subgoal_observation)
+    finally:
+        env.close()
+    own = results.get("selected_eval") or results["final_eval"]
+    res = {"task": task, "method": method, "seed": seed, "model": model.name, **res,
+           "own_success_rate": own["success_rate"], "own_episodes": own.get("episodes", c.eval_episodes),
+           "key": key}
+    atomic_write_text(out, json.dumps(res, indent=2))
+    return res
+
+
+def reevaluate_grid(cfg, progress: bool = True) -> "pd.DataFrame":
+    """``reevaluate_run`` for every finished, current run of the profile's grid (``iql.reeval_episodes``);
+    one row per run. Runs not trained yet are left out."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    c = cfg.iql
+    jobs = [(t, m, s) for s in c.seeds for t in c.tasks for m in c.methods]
+    rows = []
+    for t, m, s in tqdm(jobs, desc=f"re-evaluate on {c.reeval_episodes} states", disable=not progress, unit="run"):
+        try:
+            rows.append(reevaluate_run(cfg, t, m, s))
+        except ValueError as e:
+            if "not a finished run" not in str(e):
+                raise
+    cols = ["task", "method", "seed", "success_rate", "last_subgoal_rate", "episodes", "own_success_rate",
+            "own_episodes"]
+    return pd.DataFrame(rows, columns=cols + ["model"])[cols]
 
 
 def run_grid(cfg, progress: bool = True) -> list[dict]:
