@@ -653,15 +653,14 @@ def reevaluate_grid(cfg, progress: bool = True) -> "pd.DataFrame":
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from relam.report import find_runs
+
     c = cfg.iql
-    jobs = [(t, m, s) for s in c.seeds for t in c.tasks for m in c.methods]
-    rows = []
-    for t, m, s in tqdm(jobs, desc=f"re-evaluate on {c.reeval_episodes} states", disable=not progress, unit="run"):
-        try:
-            rows.append(reevaluate_run(cfg, t, m, s))
-        except ValueError as e:
-            if "not a finished run" not in str(e):
-                raise
+    runs = find_runs(cfg.out, cfg)
+    finished = set(zip(runs.task[runs.finished], runs.method[runs.finished], runs.seed[runs.finished]))
+    jobs = [(t, m, s) for s in c.seeds for t in c.tasks for m in c.methods if (t, m, s) in finished]
+    rows = [reevaluate_run(cfg, t, m, s) for t, m, s in tqdm(jobs, desc=f"re-evaluate on {c.reeval_episodes} states",
+                                                             disable=not progress, unit="run")]
     cols = ["task", "method", "seed", "success_rate", "last_subgoal_rate", "episodes", "own_success_rate",
             "own_episodes"]
     return pd.DataFrame(rows, columns=cols + ["model"])[cols]
