@@ -136,7 +136,7 @@ class IQLConfig:
     and state: True (the paper's subgoal-conditioned policy) or False (ours): the plan then acts on the policy only
     through the relabelled reward, i.e. the advantage weights. Why: the expert itself does not pass PickCube's
     GENERATED subgoals (on the ``cpu`` offline data half of the successful trajectories never pass the first one), so
-    the policy sees a subgoal that says little about where it is in the task. Off in every profile: on PickCube
+    the policy sees a subgoal that says little about where it is in the task. True in every profile: on PickCube
     (ablation ``no-subgoal-obs``, chunks of 4, 3 seeds, 40k, final models) ``relam`` 33.3 -> 50.0 %, ``env-reward``
     40.0 -> 56.7, but ``relam-gt`` 73.3 -> 53.3 (README stage 06)."""
     mc_chunk: int = 1
