@@ -280,8 +280,8 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
 # Options added after ``cpu`` results existed, with the value that reproduces the behaviour before them. While an
 # option has that value it is left out of config.json, so adding it does not make every finished model -- and,
 # through the model's fingerprint, every RL run planned with it -- look stale.
-OPTIONS_ADDED_OFF = {("model", "readout"): False, ("model", "coord_skip"): False, ("x0_warmup_steps",): 0, ("split_x0_loss",): False,
-                     ("task_overrides",): {}}
+OPTIONS_ADDED_OFF = {("model", "readout"): False, ("model", "coord_skip"): False, ("x0_warmup_steps",): 0,
+                     ("split_x0_loss",): False, ("task_overrides",): {}}
 
 
 # The options with which the model learned to read the cube's position (see split_x0_loss), as config overrides of
