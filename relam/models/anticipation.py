@@ -8,7 +8,9 @@ paper) and a stop logit saying whether x^{j+1} is the last subgoal (ours). Coord
 the image size. ``generate`` runs autoregressively with a key/value cache: one token per step.
 
 Ours, not in the paper: a linear read-out of the first frame's features is added to every keyframe token
-(``readout``), a direct path from "where things are" to the coordinate heads; see the config's docstring.
+(``readout``), a direct path from "where things are" to the coordinate heads; a linear map from each subgoal to the
+next (``coord_skip``); and the task's goal as an input beside the images (``goal_input``); see the config's
+docstrings.
 """
 from __future__ import annotations
 
@@ -69,6 +71,19 @@ class AnticipationModelConfig:
     from 15 to 7 px on offline trajectories and the successful ones stuck at the first subgoal from 64 to 8 %, but
     offline success moved within the noise (100 states: ``relam`` 55.7 -> 59.7 %, ``env-reward`` 64.3 -> 62.0;
     README stage 06)."""
+    goal_input: bool = False
+    """Condition the plan on the task's goal: GOAL_DIM numbers per episode (the goal's pixel (u, v), normalised like
+    the keypoints, and its camera depth in metres; ``relam.rl.planners.SimGoal`` reads them from the simulator),
+    embedded and added to every keyframe token, and, per plan step, a linear map C_j g + c_j of the standardised
+    goal added to each residual, zero at the start (ours; a deviation from the paper, whose model sees only the
+    first frame and the task-indication frame). Why: PickCube's goal is a random point that its images do not
+    show (the green sphere is hidden from the camera, as in ManiSkill's own sensor images), while the policy
+    observes ``goal_pos`` as ManiSkill's observation gives it; from x^0 alone least squares predicts the expert's
+    x^2 / x^3 to ~21 px, from x^0 and the goal to 2.3-2.7 px (README stage 06). Tasks without a goal in the
+    simulator (Meta-World) cannot use it."""
+
+
+GOAL_DIM = 3  # goal_input: (u, v) normalised pixel + camera depth (m)
 
 
 def check_num_keypoints(model_k: int, data_k: int) -> None:
@@ -121,6 +136,13 @@ class AnticipationModel(nn.Module):
         if cfg.coord_skip:
             self.skip_weight = nn.Parameter(torch.zeros(cfg.max_subgoals, k2, k2))
             self.skip_bias = nn.Parameter(torch.zeros(cfg.max_subgoals, k2))
+        if cfg.goal_input:
+            self.goal_embed = nn.Linear(GOAL_DIM, d)
+            self.goal_weight = nn.Parameter(torch.zeros(cfg.max_subgoals, k2, GOAL_DIM))
+            self.goal_bias = nn.Parameter(torch.zeros(cfg.max_subgoals, k2))
+            # standardisation of the goal, set from the training demos (``set_goal_statistics``), saved with the model
+            self.register_buffer("goal_mean", torch.zeros(GOAL_DIM))
+            self.register_buffer("goal_std", torch.ones(GOAL_DIM))
         nn.init.zeros_(self.head_abs.weight)
         with torch.no_grad():
             self.head_abs.bias.fill_(0.5)  # start from the image centre
@@ -145,18 +167,57 @@ class AnticipationModel(nn.Module):
         """(B, 2, P, C) -> (B, 1, d) summary of the first frame added to every keyframe token, or 0 (off)."""
         return self.readout(features[:, 0].flatten(1))[:, None] if self.readout is not None else 0.0
 
+    # --- the task's goal (goal_input) -----------------------------------------------------------------------
+    @torch.no_grad()
+    def set_goal_statistics(self, goals: torch.Tensor) -> None:
+        """Standardise goals (N, GOAL_DIM) by these training goals' mean and spread (a spread below 1e-3, e.g.
+        a goal fixed relative to the frame, counts as 1e-3)."""
+        goals = torch.as_tensor(goals, dtype=torch.float32).reshape(-1, GOAL_DIM)
+        self.goal_mean.copy_(goals.mean(0))
+        self.goal_std.copy_(goals.std(0, unbiased=False).clamp_min(1e-3) if len(goals) > 1 else torch.ones(GOAL_DIM))
+
+    def _goal(self, goal, b: int):
+        """The standardised goal (B, GOAL_DIM), or None; checks it is given exactly when the model reads it."""
+        if not self.cfg.goal_input:
+            if goal is not None:
+                raise ValueError("this model was not trained with the task's goal (anticipation.model.goal_input "
+                                 "false): call it without goal=")
+            return None
+        if goal is None:
+            raise ValueError("this model reads the task's goal (anticipation.model.goal_input): pass goal=(B, "
+                             f"{GOAL_DIM}) tensor, e.g. from relam.rl.planners.SimGoal")
+        goal = torch.as_tensor(goal, dtype=torch.float32).reshape(-1, GOAL_DIM)
+        if goal.shape[0] != b:
+            raise ValueError(f"goal has {goal.shape[0]} rows for a batch of {b}")
+        return (goal.to(self.goal_mean) - self.goal_mean) / self.goal_std
+
+    def goal_token(self, goal):
+        """(B, 1, d) embedding of the standardised goal added to every keyframe token, or 0 (off)."""
+        return 0.0 if goal is None else self.goal_embed(goal)[:, None]
+
+    def goal_skip(self, goal, first_step: int, n_steps: int | None):
+        """``goal_input``'s term C_j g + c_j for plan steps ``first_step`` ... (B, n_steps, 2K), or (B, 2K) for
+        one step (``n_steps`` None); 0 when the option is off."""
+        if goal is None:
+            return 0.0
+        steps = slice(first_step, first_step + (n_steps or 1))
+        out = torch.einsum("bg,lmg->blm", goal, self.goal_weight[steps]) + self.goal_bias[steps]
+        return out[:, 0] if n_steps is None else out
+
     # --- teacher-forced training pass ---------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, subgoals: torch.Tensor):
-        """features (B, 2, P, C); subgoals (B, L, K, 2) with x^0 ... (padded). Returns predictions of x^0 ... x^{L-1}
-        (B, L, K, 2) and stop logits (B, L-1): entry j says whether x^{j+1} is the last subgoal."""
+    def forward(self, features: torch.Tensor, subgoals: torch.Tensor, goal: torch.Tensor | None = None):
+        """features (B, 2, P, C); subgoals (B, L, K, 2) with x^0 ... (padded); goal (B, GOAL_DIM) for a
+        ``goal_input`` model. Returns predictions of x^0 ... x^{L-1} (B, L, K, 2) and stop logits (B, L-1): entry
+        j says whether x^{j+1} is the last subgoal."""
         b, length = subgoals.shape[:2]
         self.check_keypoints(subgoals.shape[2])
+        goal = self._goal(goal, b)
         if length > self.cfg.max_subgoals:
             raise ValueError(f"plan of {length} subgoals exceeds max_subgoals={self.cfg.max_subgoals}")
         img = self.image_tokens(features)
         kp = self.kp_mlp(subgoals[:, :-1].flatten(2))                        # z^0 ... z^{L-2}
         steps = torch.cat([self.start.expand(b, 1, -1), kp], 1) + self.step_pos[:length]
-        steps = steps + self.first_frame_readout(features)
+        steps = steps + self.first_frame_readout(features) + self.goal_token(goal)
         x = torch.cat([img, steps], 1)
         n_img = img.shape[1]
         mask = self.attention_mask(n_img, length, x.device)
@@ -165,7 +226,8 @@ class AnticipationModel(nn.Module):
         h = self.ln_f(x[:, n_img:])
         k2 = subgoals.shape[2] * 2
         x0 = self.head_abs(h[:, 0])
-        deltas = self.head_res(h[:, 1:]) + self.coordinate_skip(subgoals[:, :-1].flatten(2), 0)
+        deltas = (self.head_res(h[:, 1:]) + self.coordinate_skip(subgoals[:, :-1].flatten(2), 0)
+                  + self.goal_skip(goal, 0, length - 1))
         pred = torch.cat([x0[:, None], subgoals[:, :-1].flatten(2) + deltas], 1).view(b, length, k2 // 2, 2)
         return pred, self.head_stop(h[:, 1:]).squeeze(-1)
 
@@ -194,21 +256,23 @@ class AnticipationModel(nn.Module):
     # --- planning ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, features: torch.Tensor, max_len: int | None = None, stop_threshold: float = 0.5,
-                 x0: torch.Tensor | None = None):
+                 x0: torch.Tensor | None = None, goal: torch.Tensor | None = None):
         """Autoregressive plan per item of the batch: a list of arrays (M+1, K, 2), normalised coordinates.
         Stops when the stop logit says the last predicted subgoal is final, or at ``max_len`` subgoals.
         ``x0`` (B, K, 2): use these keypoints as x^0 instead of the model's (e.g. x^0 perceived on the first
-        frame) and anticipate the later subgoals from them, exactly as teacher forcing trained the model to."""
+        frame) and anticipate the later subgoals from them, exactly as teacher forcing trained the model to.
+        ``goal`` (B, GOAL_DIM): the task's goal, for (and only for) a ``goal_input`` model."""
         max_len = min(max_len or self.cfg.max_subgoals, self.cfg.max_subgoals)
         was_training = self.training
         self.eval()
         b = features.shape[0]
+        goal = self._goal(goal, b)
         x = self.image_tokens(features)
         cache = []
         for blk in self.blocks:                                                # image tokens: once per episode
             x, kv = blk(x)
             cache.append(kv)
-        readout = self.first_frame_readout(features)
+        readout = self.first_frame_readout(features) + self.goal_token(goal)
         tok = (self.start + self.step_pos[0]).expand(b, 1, -1) + readout
         plans, lengths = [], torch.full((b,), max_len, dtype=torch.long)
         done = torch.zeros(b, dtype=torch.bool)
@@ -221,7 +285,8 @@ class AnticipationModel(nn.Module):
             if j == 0:
                 current = self.head_abs(h) if x0 is None else x0.reshape(b, -1).to(h)
             else:
-                current = current + self.head_res(h) + self.coordinate_skip(current, j - 1)
+                current = (current + self.head_res(h) + self.coordinate_skip(current, j - 1)
+                           + self.goal_skip(goal, j - 1, None))
                 stop = (torch.sigmoid(self.head_stop(h)).squeeze(-1) > stop_threshold) & ~done
                 lengths[stop] = j + 1                                        # x^j is the last subgoal
                 done |= stop

@@ -107,10 +107,12 @@ class Sample:
     first_frame: np.ndarray   # (H, W, 3) uint8
     task_index: int           # index into the task-frame table
     subgoals: np.ndarray      # (M+1, K, 2) normalised
+    goal: np.ndarray | None = None   # (GOAL_DIM,) the task's goal (model.goal_input), see ``goals_from_simulator``
 
 
 def load_samples(datasets: dict, val_fraction: float, seed: int):
-    """datasets: {task: SubgoalDataset}. Returns (train, val, task_frames (T, H, W, 3), task_names)."""
+    """datasets: {task: SubgoalDataset}. Returns (train, val, task_frames (T, H, W, 3), task_names). Samples carry
+    the datasets' goals where they have them (``goals_from_simulator``)."""
     train, val, frames = [], [], []
     for ti, (task, ds) in enumerate(datasets.items()):
         frames.append(ds.task_frame)
@@ -119,7 +121,8 @@ def load_samples(datasets: dict, val_fraction: float, seed: int):
         n_val = max(1, int(round(val_fraction * n))) if n > 1 else 0
         held = set(order[:n_val].tolist())
         for i in range(n):
-            (val if i in held else train).append(Sample(task, ds.first_frames[i], ti, ds.subgoals[i]))
+            goal = None if ds.goals is None else np.asarray(ds.goals[i], np.float32)
+            (val if i in held else train).append(Sample(task, ds.first_frames[i], ti, ds.subgoals[i], goal))
     return train, val, np.stack(frames), list(datasets)
 
 
@@ -140,9 +143,34 @@ class Features:
         return self.model.encode_images(torch.from_numpy(first), task)
 
 
+def goals_from_simulator(datasets: dict, image_size: int) -> dict:
+    """Give each subgoal dataset without goals the goal of each demo's initial state (``SimGoal``, by the demo's
+    task seed), for ``model.goal_input``; in place, returns ``datasets``."""
+    from relam.rl.planners import SimGoal
+    for task, ds in datasets.items():
+        if ds.goals is None:
+            sim = SimGoal(task, image_size)
+            try:
+                ds.goals = np.stack([sim(None, {"task_seed": int(seed)}) for seed in ds.seeds]).astype(np.float32)
+            finally:
+                sim.close()
+    return datasets
+
+
+def batch_goals(samples, model: AnticipationModel):
+    """(B, GOAL_DIM) goals of the samples for a ``goal_input`` model, else None."""
+    if not model.cfg.goal_input:
+        return None
+    if any(s.goal is None for s in samples):
+        raise ValueError("the model reads the task's goal (anticipation.model.goal_input) but the subgoal dataset "
+                         "has none: attach them with relam.models.train_anticipation.goals_from_simulator")
+    return torch.from_numpy(np.stack([s.goal for s in samples]).astype(np.float32))
+
+
 def shift_samples(samples, max_shift: int, rng: np.random.Generator, image_size: int):
     """Translate each first frame by a random integer (dx, dy) in [-max_shift, max_shift] (edge pixels fill the
-    gap) and its subgoals by the same amount; the task-indication frame is left alone."""
+    gap) and its subgoals -- and the goal's pixel, where there is one -- by the same amount; the task-indication
+    frame is left alone."""
     out = []
     for s in samples:
         dx, dy = (int(v) for v in rng.integers(-max_shift, max_shift + 1, 2))
@@ -150,8 +178,10 @@ def shift_samples(samples, max_shift: int, rng: np.random.Generator, image_size:
         m = max_shift
         padded = np.pad(s.first_frame, ((m, m), (m, m), (0, 0)), mode="edge")
         frame = padded[m - dy:m - dy + h, m - dx:m - dx + w]
-        goals = s.subgoals + np.array([dx, dy], np.float32) / image_size
-        out.append(Sample(s.task, np.ascontiguousarray(frame), s.task_index, goals.astype(np.float32)))
+        move = np.array([dx, dy], np.float32) / image_size
+        goal = None if s.goal is None else np.concatenate([s.goal[:2] + move, s.goal[2:]]).astype(np.float32)
+        out.append(Sample(s.task, np.ascontiguousarray(frame), s.task_index, (s.subgoals + move).astype(np.float32),
+                          goal))
     return out
 
 
@@ -176,7 +206,7 @@ def batch_targets(samples, max_len: int):
 def loss_fn(model, feats, samples, stop_weight: float, x0_only: bool = False, split_x0: bool = False):
     """(loss, coordinate MSE, stop BCE); see AnticipationConfig.x0_warmup_steps and split_x0_loss."""
     goals, valid, stop_t = batch_targets(samples, model.cfg.max_subgoals)
-    pred, stop_logit = model(feats, goals)
+    pred, stop_logit = model(feats, goals, batch_goals(samples, model))
     se = ((pred - goals) ** 2).mean(dim=(2, 3))                              # (B, L)
     if x0_only:
         mse = se[:, 0].mean()
@@ -212,7 +242,7 @@ def evaluate(model, features: Features, samples, image_size: int, batch: int = 1
     plans = []
     for s in range(0, len(samples), batch):
         chunk = samples[s:s + batch]
-        plans.extend(model.generate(features(chunk)))
+        plans.extend(model.generate(features(chunk), goal=batch_goals(chunk, model)))
     model.train()
     out = plan_errors(plans, [s.subgoals for s in samples], image_size)
     out["per_task"] = {}
@@ -280,7 +310,8 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
 # Options added after ``cpu`` results existed, with the value that reproduces the behaviour before them. While an
 # option has that value it is left out of config.json, so adding it does not make every finished model -- and,
 # through the model's fingerprint, every RL run planned with it -- look stale.
-OPTIONS_ADDED_OFF = {("model", "readout"): False, ("model", "coord_skip"): False, ("x0_warmup_steps",): 0,
+OPTIONS_ADDED_OFF = {("model", "readout"): False, ("model", "coord_skip"): False, ("model", "goal_input"): False,
+                     ("x0_warmup_steps",): 0,
                      ("split_x0_loss",): False, ("task_overrides",): {}}
 
 
@@ -312,8 +343,12 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     for ds in datasets.values():
         check_num_keypoints(cfg.model.num_keypoints, ds.num_keypoints)
     torch.manual_seed(cfg.seed)
+    if cfg.model.goal_input:
+        goals_from_simulator(datasets, image_size)
     train_s, val_s, task_frames, tasks = load_samples(datasets, cfg.val_fraction, cfg.seed)
     model = AnticipationModel(cfg.model)
+    if cfg.model.goal_input:
+        model.set_goal_statistics(batch_goals(train_s, model))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
@@ -413,7 +448,8 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, image_size: int) -> dict
             mine = [s for s in samples if s.task == task]
             if not mine:
                 continue
-            x0 = np.concatenate([model.generate(feats(mine[i:i + 16]), max_len=1) for i in range(0, len(mine), 16)])
+            x0 = np.concatenate([model.generate(feats(mine[i:i + 16]), max_len=1, goal=batch_goals(mine[i:i + 16], model))
+                                 for i in range(0, len(mine), 16)])
             truth = np.stack([s.subgoals[0] for s in mine])
             row[split] = (np.linalg.norm(x0[:, 0] - truth, axis=-1).mean(0) * image_size).tolist()
             row[split + " mean"] = _mean_x0_error(train_s, mine, task, image_size).tolist()
@@ -426,6 +462,8 @@ def _finished_run(run_dir: Path, datasets: dict):
     the split settings saved in its checkpoint, so the caller cannot pass a config that splits otherwise (a
     per-task override, another profile)."""
     model, ckpt = load_model(Path(run_dir) / "checkpoint.pt")
+    if model.cfg.goal_input:
+        goals_from_simulator(datasets, ckpt["task_frames"].shape[1])
     split = ckpt["config"]
     train_s, val_s, task_frames, _ = load_samples(datasets, split["val_fraction"], split["seed"])
     return model, train_s, val_s, Features(model, task_frames, Path(run_dir) / "features.npz")
@@ -434,4 +472,4 @@ def _finished_run(run_dir: Path, datasets: dict):
 def heldout_plans(run_dir: Path, datasets: dict):
     """(held-out samples, generated plans) of a finished run, for plots."""
     model, _, val, feats = _finished_run(run_dir, datasets)
-    return val, model.generate(feats(val)) if val else []
+    return val, model.generate(feats(val), goal=batch_goals(val, model)) if val else []

@@ -123,6 +123,7 @@ class SubgoalDataset:
     num_keypoints: int
     settings: dict | None = None      # how the file was made (segmenter, tracker, keypoint/keyframe configs)
     keypoint_prompt: np.ndarray | None = None   # (K,) index into prompts of each keypoint (0 = robot)
+    goals: np.ndarray | None = None   # (N, GOAL_DIM) each demo's task goal, attached for anticipation.model.goal_input
 
     @classmethod
     def load(cls, path: Path | str, task: str | None = None) -> "SubgoalDataset":

@@ -32,9 +32,17 @@ def required_task_seed(info: dict | None, who: str) -> int:
 
 
 class ModelPlanner:
-    def __init__(self, checkpoint: Path | str, task: str, max_len: int | None = None):
+    """Plans with a trained anticipation model. ``goal_fn(frame, info) -> (GOAL_DIM,)`` gives the task's goal to a
+    model trained with ``anticipation.model.goal_input`` (e.g. ``SimGoal``); such a model refuses to plan without
+    it."""
+
+    def __init__(self, checkpoint: Path | str, task: str, max_len: int | None = None, goal_fn=None):
         from relam.models.train_anticipation import load_model
         self.model, ckpt = load_model(checkpoint)
+        if self.model.cfg.goal_input and goal_fn is None:
+            raise ValueError(f"anticipation model {checkpoint} reads the task's goal (anticipation.model.goal_input): "
+                             f"give ModelPlanner(goal_fn=...), e.g. relam.rl.planners.SimGoal({task!r})")
+        self.goal_fn = goal_fn if self.model.cfg.goal_input else None
         tasks = list(ckpt["tasks"])
         if task not in tasks:
             raise ValueError(f"anticipation model {checkpoint} was trained on {tasks}, not on {task!r}")
@@ -54,7 +62,12 @@ class ModelPlanner:
         first = torch.from_numpy(np.ascontiguousarray(frame))[None]
         feats = self.model.encode_images(first, torch.from_numpy(self.task_frame)[None])
         given = None if x0 is None else torch.as_tensor(np.asarray(x0, np.float32))[None]
-        return self.model.generate(feats, self.max_len, x0=given)[0]
+        goal = None if self.goal_fn is None else torch.as_tensor(np.asarray(self.goal_fn(frame, info), np.float32))[None]
+        return self.model.generate(feats, self.max_len, x0=given, goal=goal)[0]
+
+    def close(self):
+        if hasattr(self.goal_fn, "close"):
+            self.goal_fn.close()
 
 
 class ExpertPlanner:
@@ -192,6 +205,38 @@ class SimFirstFrameMasks:
     def movable(self, frame, info: dict | None) -> list[np.ndarray]:
         seg = self._segmentation(info)
         return [np.isin(seg, self.task.movable_slots(p)) for p in self.prompts]
+
+    def close(self):
+        self.task.close()
+
+
+def goal_features(camera, goal_xyz) -> np.ndarray:
+    """What a ``goal_input`` anticipation model reads of a goal at world position ``goal_xyz`` (3,): its pixel
+    (u, v) normalised by the image size, as keypoints are, and its camera depth in metres, (GOAL_DIM,) float32.
+    In the image's frame so that a shifted first frame (``shift_augment``) shifts it too."""
+    uv, z = camera.project(np.asarray(goal_xyz, np.float64)[None])
+    return np.array([uv[0, 0] / camera.width, uv[0, 1] / camera.height, z[0]], np.float32)
+
+
+class SimGoal:
+    """The task's goal of an episode from the simulator (``Task.goal_position``, the hidden goal marker), as
+    ``goal_features``: resets its own task instance to ``info['task_seed']``. The oracle that stands for what
+    ManiSkill's observation gives a policy (``goal_pos``) on the anticipation model's side."""
+
+    def __init__(self, task: str, image_size: int = 128):
+        self.task = make_task(task, image_size=image_size)
+        if not hasattr(self.task, "goal_position"):
+            self.task.close()
+            raise ValueError(f"task {task!r} has no goal position in the simulator, so its anticipation model cannot "
+                             "read one: set anticipation.model.goal_input false for it")
+        self._last = (None, None)   # (task seed, goal features) of the last call
+
+    def __call__(self, frame=None, info: dict | None = None) -> np.ndarray:
+        seed = required_task_seed(info, "SimGoal")
+        if self._last[0] != seed:
+            self.task.reset(seed)
+            self._last = (seed, goal_features(self.task.camera(), self.task.goal_position()))
+        return self._last[1]
 
     def close(self):
         self.task.close()

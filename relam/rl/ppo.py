@@ -145,7 +145,7 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
     ('task' or 'multitask', default ``cfg.ppo.anticipation_run``) picks the model that plans for 'relam'."""
     from relam.config import multitask_tasks, task_keypoints
     from relam.rl.planners import (AnchoredPlanner, CachedPlanner, ExpertPlanner, ModelPlanner, SimFirstFrameMasks,
-                                   keypoint_prompt_index)
+                                   SimGoal, keypoint_prompt_index)
 
     pc = cfg.perception.for_task(task)
     if method in ("relam", "env-reward"):
@@ -158,7 +158,8 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
                                     f"./run_all.sh --profile {cfg.profile}) first")
-        planner = ModelPlanner(ckpt, task)
+        reads_goal = cfg.anticipation.for_task(task if run == "task" else None).model.goal_input
+        planner = ModelPlanner(ckpt, task, goal_fn=SimGoal(task, cfg.env.image_size) if reads_goal else None)
         if pc.anchor_generated_x0:
             kp = pc.keypoints
             masks = SimFirstFrameMasks(task, cfg.env.image_size)
