@@ -163,6 +163,26 @@ def test_tiny_model_overfits_tiny_dataset():
     assert err["x0_px"] < 0.5 and err["subgoal_px"] < 1.0 and err["len_err"] == 0, err
 
 
+def _later_subgoal_error(train_s, test_s, **options) -> float:
+    """Train a tiny model with ``options`` on blank-image toy samples (lr 1e-2, 300 steps) and return the mean over
+    ``test_s`` of the worst keypoint error (px at 128) of its later subgoals, generated from the true x^0."""
+    from relam.models.train_anticipation import batch_goals
+    torch.manual_seed(0)
+    m = AnticipationModel(AnticipationModelConfig(**{**TINY, **options}))
+    if m.cfg.goal_input:
+        m.set_goal_statistics(batch_goals(train_s, m))
+    feats = Features(m, np.zeros((1, 32, 32, 3), np.uint8), None)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss, _, _ = loss_fn(m, feats(train_s), train_s, 1.0, split_x0=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    plans = m.generate(feats(test_s), max_len=3, x0=torch.from_numpy(np.stack([s.subgoals[0] for s in test_s])),
+                       goal=batch_goals(test_s, m))
+    return float(np.mean([np.abs(p[1:] - s.subgoals[1:]).max() for p, s in zip(plans, test_s)]) * 128)
+
+
 def test_coordinate_skip_learns_a_subgoal_that_is_a_linear_function_of_x0():
     """Subgoal x^1 puts keypoints 0-2 at keypoint 3's x^0 (a gripper going to where the cube is), x^2 lifts them;
     the images say nothing. The per-step coordinate skip fits it on 32 random scenes and predicts it on new ones
@@ -178,19 +198,7 @@ def test_coordinate_skip_learns_a_subgoal_that_is_a_linear_function_of_x0():
         return out
 
     train_s, test_s = scenes(32), scenes(8)
-    errors = {}
-    for skip in (True, False):
-        torch.manual_seed(0)
-        m = AnticipationModel(AnticipationModelConfig(**{**TINY, "coord_skip": skip}))
-        feats = Features(m, np.zeros((1, 32, 32, 3), np.uint8), None)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        for _ in range(300):
-            loss, _, _ = loss_fn(m, feats(train_s), train_s, 1.0, split_x0=True)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        plans = m.generate(feats(test_s), max_len=3, x0=torch.from_numpy(np.stack([s.subgoals[0] for s in test_s])))
-        errors[skip] = np.mean([np.abs(p[1:] - s.subgoals[1:]).max() for p, s in zip(plans, test_s)]) * 128
+    errors = {skip: _later_subgoal_error(train_s, test_s, coord_skip=skip) for skip in (True, False)}
     assert errors[True] < 2.0 and errors[False] > 2 * errors[True], errors
 
 
@@ -212,25 +220,9 @@ def test_goal_input_learns_subgoals_set_by_a_goal_the_images_do_not_show():
     """With ``goal_input`` the model places x^1 / x^2 from the goal (held-out worst keypoint < 6 px at 128 px;
     measured 4.2); without it, it can only learn their average (measured 33.9 px). Both with ``coord_skip``: x^1 = goal +
     offset means a residual of goal - x^0, linear in both."""
-    from relam.models.train_anticipation import batch_goals
     rng = np.random.default_rng(0)
     train_s, test_s = _goal_scenes(rng, 32), _goal_scenes(rng, 8)
-    errors = {}
-    for use_goal in (True, False):
-        torch.manual_seed(0)
-        m = AnticipationModel(AnticipationModelConfig(**{**TINY, "coord_skip": True, "goal_input": use_goal}))
-        if use_goal:
-            m.set_goal_statistics(batch_goals(train_s, m))
-        feats = Features(m, np.zeros((1, 32, 32, 3), np.uint8), None)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        for _ in range(300):
-            loss, _, _ = loss_fn(m, feats(train_s), train_s, 1.0, split_x0=True)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        plans = m.generate(feats(test_s), max_len=3, x0=torch.from_numpy(np.stack([s.subgoals[0] for s in test_s])),
-                           goal=batch_goals(test_s, m))
-        errors[use_goal] = np.mean([np.abs(p[1:] - s.subgoals[1:]).max() for p, s in zip(plans, test_s)]) * 128
+    errors = {use: _later_subgoal_error(train_s, test_s, coord_skip=True, goal_input=use) for use in (True, False)}
     assert errors[True] < 6.0 and errors[False] > 4 * errors[True], errors
 
 
