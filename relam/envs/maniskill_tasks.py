@@ -24,8 +24,9 @@ Conventions (checked in ``tests/test_maniskill_tasks.py``)
 - ``depth()`` is camera-frame z (not ray length) in metres. The minimal shader stores camera-space
   positions as int16 millimetres, so depth is quantised to 1 mm (< 0.3 px back-projection error).
   Pixels that see no surface (the black sky above the far edge of the ground) get the far plane (30 m).
-- Goal markers are hidden from every picture (PushCube's red/white ``goal_region`` disk, PickCube's
-  green ``goal_site`` sphere): they would leak the goal into the images.
+- PushCube's red/white ``goal_region`` disk is hidden from every picture (its goal is a fixed offset from the
+  cube); PickCube's green ``goal_site`` sphere is drawn (``TaskSpec.show_goal``): its random 3-D goal is the task
+  specification, which an image-based model could not know otherwise.
 - ``segmentation()`` returns body *slots*: 0 = static world (ground, table, background, hidden
   markers), then one slot per Panda link (in the articulation's link order), then the cube. Slots are
   keyed by body name, so they are stable across resets.
@@ -36,7 +37,7 @@ ManiSkill's ``state`` observation is not produced in this obs mode, so the state
 the simulator directly (privileged; for experts, diagnostics and state-based baselines, never for the
 pixel policies). Layout, float32 (``STATE_LAYOUT``): Panda qpos (9), qvel (9), TCP pose (7: xyz,
 wxyz), cube pose (7), goal position (3), is-grasped flag (1) -> 36 values. PickCube's goal is random
-in x, y, z and, being hidden in the image, only known through this vector (ManiSkill's own ``rgb``
+in x, y, z; the image shows its sphere in 2-D only, this vector gives it in 3-D (ManiSkill's own ``rgb``
 observation also carries ``goal_pos``); PushCube's goal is always cube_0 + (0.2, 0, 0).
 
 Episodes

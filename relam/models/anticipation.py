@@ -76,8 +76,8 @@ class AnticipationModelConfig:
     the keypoints, and its camera depth in metres; ``relam.rl.planners.SimGoal`` reads them from the simulator),
     embedded and added to every keyframe token, and, per plan step, a linear map C_j g + c_j of the standardised
     goal added to each residual, zero at the start (ours; a deviation from the paper, whose model sees only the
-    first frame and the task-indication frame). Why: PickCube's goal is a random point that its images do not
-    show (the green sphere is hidden from the camera, as in ManiSkill's own sensor images), while the policy
+    first frame and the task-indication frame). Why: PickCube's goal is a random point in the air, drawn in the
+    first frame only as a small green sphere (a few pixels at 128 px, and only its 2-D position), while the policy
     observes ``goal_pos`` as ManiSkill's observation gives it; from x^0 alone least squares predicts the expert's
     x^2 / x^3 to ~21 px, from x^0 and the goal to 2.3-2.7 px (README stage 06). Tasks without a goal in the
     simulator (Meta-World) cannot use it.
