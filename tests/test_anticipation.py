@@ -226,6 +226,32 @@ def test_goal_input_learns_subgoals_set_by_a_goal_the_images_do_not_show():
     assert errors[True] < 6.0 and errors[False] > 4 * errors[True], errors
 
 
+def test_linear_init_starts_the_plan_at_the_least_squares_fit():
+    """On toy scenes whose later subgoals are affine in x^0 and the goal, the UNTRAINED model whose linear maps
+    ``least_squares_init`` set already plans them from the true x^0 (< 0.5 px; the transformer's residual head
+    starts at zero); before the init it is far off. ``linear_init`` without ``coord_skip`` is refused."""
+    from relam.models.train_anticipation import batch_goals, least_squares_init
+    rng = np.random.default_rng(0)
+    train_s, test_s = _goal_scenes(rng, 32), _goal_scenes(rng, 8)
+    m = _model(coord_skip=True, goal_input=True).eval()
+    with torch.no_grad():
+        m.head_stop.bias.fill_(-10.0)     # never stop: plans of the scenes' length
+    m.set_goal_statistics(batch_goals(train_s, m))
+    feats = Features(m, np.zeros((1, 32, 32, 3), np.uint8), None)
+
+    def error_px():
+        plans = m.generate(feats(test_s), max_len=3, x0=torch.from_numpy(np.stack([s.subgoals[0] for s in test_s])),
+                           goal=batch_goals(test_s, m))
+        return np.mean([np.abs(p[1:] - s.subgoals[1:]).max() for p, s in zip(plans, test_s)]) * 128
+
+    before = error_px()
+    residuals = least_squares_init(m, train_s)
+    assert len(residuals) == 2 and max(residuals) * 128 < 0.1
+    assert error_px() < 0.5 < 10 < before
+    with pytest.raises(ValueError, match="coord_skip"):
+        AnticipationConfig(linear_init=True)
+
+
 def test_goal_input_generate_matches_teacher_forcing_and_needs_the_goal():
     m = _model(goal_input=True, coord_skip=True).eval()
     with torch.no_grad():     # a different map per step, so a step mix-up between the two passes shows

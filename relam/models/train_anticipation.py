@@ -71,6 +71,13 @@ class AnticipationConfig:
     11.3): off by default. Full 2000-step ``cpu`` runs on ``near-object`` keypoints (the ``kp-near-object-readout``
     ablation, README) kept part of it: cube x^0 on the training demos PushCube 5.8 px (mean 12.0), but PickCube
     11.2 (mean 11.0), and their generated plans were no better (held out: 7.3 / 17.4 px vs 4.7 / 15.0 without)."""
+    linear_init: bool = False
+    """Start ``model.coord_skip``'s per-step maps (and ``model.goal_input``'s, where on) at the least-squares fit of
+    the training plans: x^{j+1} - x^j on [x^j - 0.5, standardised goal, 1], ridge 1e-3, per plan step with at least 8
+    training plans that long (ours; needs ``coord_skip``). The transformer then learns only what the linear fit
+    leaves. Why: with ``coord_skip`` and ``goal_input`` trained from zero, PickCube's grasp subgoal x^1 stayed ~7 px
+    off the expert's for the gripper's keypoints (least squares on x^0 alone: 2.3 px), and half of the failures of
+    the ``relam`` policies planned with it never grasped the cube (README stage 06)."""
     val_fraction: float = 0.1
     """Share of each task's demos held out for the metrics (at least 1 demo)."""
     eval_every: int = 1000
@@ -92,6 +99,9 @@ class AnticipationConfig:
     def __post_init__(self):
         from relam.config import check_task_overrides
         check_task_overrides(self, "anticipation")
+        if self.linear_init and not self.model.coord_skip:
+            raise ValueError("anticipation.linear_init starts model.coord_skip's linear maps at a least-squares fit: "
+                             "set anticipation.model.coord_skip: true as well (or linear_init: false)")
 
     def for_task(self, task: str | None) -> "AnticipationConfig":
         """The settings of ``task``'s own model: this section with ``task_overrides[task]`` applied, and no
@@ -155,6 +165,34 @@ def goals_from_simulator(datasets: dict, image_size: int) -> dict:
             finally:
                 sim.close()
     return datasets
+
+
+@torch.no_grad()
+def least_squares_init(model: AnticipationModel, samples, ridge: float = 1e-3, min_plans: int = 8) -> list[float]:
+    """``AnticipationConfig.linear_init``: set each plan step's ``coord_skip`` map (and ``goal_input`` map) to the
+    ridge least-squares fit of x^{j+1} - x^j on [x^j - 0.5, standardised goal, 1] over ``samples``; the goal's
+    statistics must be set first. Returns the fit's mean keypoint residual per step (normalised units)."""
+    if not model.cfg.coord_skip:
+        raise ValueError("least_squares_init needs a model with coord_skip")
+    k2 = 2 * model.cfg.num_keypoints
+    goals = batch_goals(samples, model)
+    goals = model._goal(goals, len(samples)).numpy() if goals is not None else np.zeros((len(samples), 0))
+    residuals = []
+    for j in range(model.cfg.max_subgoals - 1):
+        idx = [i for i, s in enumerate(samples) if len(s.subgoals) > j + 1]
+        if len(idx) < min_plans:
+            break
+        prev = np.stack([samples[i].subgoals[j].ravel() for i in idx]).astype(np.float64)
+        nxt = np.stack([samples[i].subgoals[j + 1].ravel() for i in idx]).astype(np.float64)
+        a = np.c_[prev - 0.5, goals[idx], np.ones(len(idx))]
+        w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ (nxt - prev))
+        model.skip_weight[j] = torch.from_numpy(w[:k2].T.copy()).float()
+        model.skip_bias[j] = torch.from_numpy(w[-1].copy()).float()
+        if model.cfg.goal_input:
+            model.goal_weight[j] = torch.from_numpy(w[k2:-1].T.copy()).float()
+            model.goal_bias[j] = 0.0
+        residuals.append(float(np.linalg.norm((a @ w - (nxt - prev)).reshape(len(idx), -1, 2), axis=-1).mean()))
+    return residuals
 
 
 def batch_goals(samples, model: AnticipationModel):
@@ -311,7 +349,7 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
 # option has that value it is left out of config.json, so adding it does not make every finished model -- and,
 # through the model's fingerprint, every RL run planned with it -- look stale.
 OPTIONS_ADDED_OFF = {("model", "readout"): False, ("model", "coord_skip"): False, ("model", "goal_input"): False,
-                     ("x0_warmup_steps",): 0,
+                     ("x0_warmup_steps",): 0, ("linear_init",): False,
                      ("split_x0_loss",): False, ("task_overrides",): {}}
 
 
@@ -349,6 +387,8 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     model = AnticipationModel(cfg.model)
     if cfg.model.goal_input:
         model.set_goal_statistics(batch_goals(train_s, model))
+    if cfg.linear_init:
+        least_squares_init(model, train_s)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
