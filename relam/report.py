@@ -220,6 +220,12 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     if cfg is not None and cfg.iql.goal_observation:
         departures.append("ManiSkill policies also observe the task's goal position, ManiSkill's `goal_pos` "
                           "(`iql.goal_observation: true`; ours, a reading of the paper's observation).")
+    reads_goal = [] if cfg is None else [t for t in dict.fromkeys([*cfg.ppo.tasks, *cfg.iql.tasks])
+                                         if cfg.anticipation.for_task(t).model.goal_input]
+    if reads_goal:
+        departures.append(f"The anticipation model of {', '.join(reads_goal)} also reads the task's goal from the "
+                          "simulator (`anticipation.model.goal_input`, with `coord_skip` and `linear_init`; ours, the "
+                          "paper's model sees only the first frame and the task-indication frame).")
     if cfg is not None and cfg.ppo.use_sde:
         departures.append(f"Meta-World rows: PPO explores with gSDE (`ppo.use_sde: true`, `sde_sample_freq: "
                           f"{cfg.ppo.sde_sample_freq}`, `log_std_init: {cfg.ppo.log_std_init:g}`; the paper's PPO "
