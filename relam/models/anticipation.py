@@ -67,10 +67,10 @@ class AnticipationModelConfig:
     keypoints of x^1 10 px off on its training demos and 15 px off on the offline data, even when fed the true
     x^0, so the stage machine stayed on the first subgoal of most successful trajectories. The transformer
     still adds what the coordinates alone cannot say (where the goal is). Costs L*2K*(2K+1) parameters.
-    Off in every profile: on PickCube (ablation ``pick-skip``, 3 seeds, 40k) it brought x^1's gripper keypoints
-    from 15 to 7 px on offline trajectories and the successful ones stuck at the first subgoal from 64 to 8 %, but
-    offline success moved within the noise (100 states: ``relam`` 55.7 -> 59.7 %, ``env-reward`` 64.3 -> 62.0;
-    README stage 06)."""
+    Alone (ablation ``pick-skip``, 3 seeds, 40k; now on for PickCube with ``goal_input`` and ``linear_init``) it
+    brought x^1's gripper keypoints from 15 to 7 px on offline trajectories and the successful ones stuck at the
+    first subgoal from 64 to 8 %, but offline success moved within the noise (100 states: ``relam`` 55.7 -> 59.7 %,
+    ``env-reward`` 64.3 -> 62.0; README stage 06)."""
     goal_input: bool = False
     """Condition the plan on the task's goal: GOAL_DIM numbers per episode (the goal's pixel (u, v), normalised like
     the keypoints, and its camera depth in metres; ``relam.rl.planners.SimGoal`` reads them from the simulator),
@@ -81,12 +81,13 @@ class AnticipationModelConfig:
     observes ``goal_pos`` as ManiSkill's observation gives it; from x^0 alone least squares predicts the expert's
     x^2 / x^3 to ~21 px, from x^0 and the goal to 2.3-2.7 px (README stage 06). Tasks without a goal in the
     simulator (Meta-World) cannot use it.
-    Off in every profile. Measured on PickCube with ``coord_skip`` (ablation ``pick-goal``, 4 000 steps, 1 497 s; 3
-    seeds, 40k, final models): held-out x^0 / plan 4.4 / 4.6 px (profile 4.7 / 6.1); plans against the expert's on
-    37 offline trajectories, robot keypoints of x^2 / x^3 ~4.3 / ~3.9 px (profile ~11.8 / ~11.5); offline data with
-    the last subgoal reached 69.5 % (profile 8 %, ground truth 72 %); but success over 100 states moved only within
-    the noise (``relam`` 55.7 -> 57.0 %, ``env-reward`` 64.3 -> 66.3), with the last subgoal reached 2-14 points
-    more often than success in the ``relam`` runs (50 states each)."""
+    On for PickCube in ``cpu`` / ``smoke`` with ``coord_skip`` and ``AnticipationConfig.linear_init`` (which made
+    the difference: ``relam`` 55.7 -> 76.3 % over 100 states, README stage 06). Without the init (ablation
+    ``pick-goal``, 4 000 steps, 1 497 s; 3 seeds, 40k, final models): held-out x^0 / plan 4.4 / 4.6 px (profile 4.7
+    / 6.1); plans against the expert's on 37 offline trajectories, robot keypoints of x^2 / x^3 ~4.3 / ~3.9 px
+    (profile ~11.8 / ~11.5); offline data with the last subgoal reached 69.5 % (profile 8 %, ground truth 72 %); but
+    success over 100 states moved only within the noise (``relam`` 55.7 -> 57.0 %, ``env-reward`` 64.3 -> 66.3),
+    with the last subgoal reached 2-14 points more often than success in the ``relam`` runs (50 states each)."""
 
 
 GOAL_DIM = 3  # goal_input: (u, v) normalised pixel + camera depth (m)

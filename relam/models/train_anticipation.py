@@ -488,8 +488,8 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, image_size: int) -> dict
             mine = [s for s in samples if s.task == task]
             if not mine:
                 continue
-            x0 = np.concatenate([model.generate(feats(mine[i:i + 16]), max_len=1, goal=batch_goals(mine[i:i + 16], model))
-                                 for i in range(0, len(mine), 16)])
+            x0 = np.concatenate([model.generate(feats(chunk), max_len=1, goal=batch_goals(chunk, model))
+                                 for chunk in (mine[i:i + 16] for i in range(0, len(mine), 16))])
             truth = np.stack([s.subgoals[0] for s in mine])
             row[split] = (np.linalg.norm(x0[:, 0] - truth, axis=-1).mean(0) * image_size).tolist()
             row[split + " mean"] = _mean_x0_error(train_s, mine, task, image_size).tolist()

@@ -62,7 +62,7 @@ class ModelPlanner:
         first = torch.from_numpy(np.ascontiguousarray(frame))[None]
         feats = self.model.encode_images(first, torch.from_numpy(self.task_frame)[None])
         given = None if x0 is None else torch.as_tensor(np.asarray(x0, np.float32))[None]
-        goal = None if self.goal_fn is None else torch.as_tensor(np.asarray(self.goal_fn(frame, info), np.float32))[None]
+        goal = None if self.goal_fn is None else np.asarray(self.goal_fn(frame, info), np.float32)[None]
         return self.model.generate(feats, self.max_len, x0=given, goal=goal)[0]
 
     def close(self):
