@@ -100,6 +100,16 @@ def check_num_keypoints(model_k: int, data_k: int) -> None:
                          f"anticipation.model.num_keypoints={data_k}")
 
 
+def per_step_linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, first_step: int):
+    """W_j u_j + b_j with plan step j's own map: ``inputs`` (B, L, n) for steps ``first_step`` ... (or (B, n) for
+    that one step), ``weight`` (max_subgoals, m, n), ``bias`` (max_subgoals, m) -> (B, L, m) (or (B, m))."""
+    one = inputs.dim() == 2
+    u = inputs[:, None] if one else inputs
+    steps = slice(first_step, first_step + u.shape[1])
+    out = torch.einsum("bln,lmn->blm", u, weight[steps]) + bias[steps]
+    return out[:, 0] if one else out
+
+
 class Block(nn.Module):
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
@@ -207,9 +217,8 @@ class AnticipationModel(nn.Module):
         one step (``n_steps`` None); 0 when the option is off."""
         if goal is None:
             return 0.0
-        steps = slice(first_step, first_step + (n_steps or 1))
-        out = torch.einsum("bg,lmg->blm", goal, self.goal_weight[steps]) + self.goal_bias[steps]
-        return out[:, 0] if n_steps is None else out
+        inputs = goal if n_steps is None else goal[:, None].expand(-1, n_steps, -1)
+        return per_step_linear(inputs, self.goal_weight, self.goal_bias, first_step)
 
     # --- teacher-forced training pass ---------------------------------------------------------------------
     def forward(self, features: torch.Tensor, subgoals: torch.Tensor, goal: torch.Tensor | None = None):
@@ -243,11 +252,7 @@ class AnticipationModel(nn.Module):
         ``first_step`` on (or (B, 2K) for one step); 0 when the option is off."""
         if not self.cfg.coord_skip:
             return 0.0
-        one = previous.dim() == 2
-        prev = previous[:, None] if one else previous
-        steps = slice(first_step, first_step + prev.shape[1])
-        out = torch.einsum("blk,lmk->blm", prev - 0.5, self.skip_weight[steps]) + self.skip_bias[steps]
-        return out[:, 0] if one else out
+        return per_step_linear(previous - 0.5, self.skip_weight, self.skip_bias, first_step)
 
     @staticmethod
     def attention_mask(n_img: int, n_steps: int, device=None) -> torch.Tensor:
