@@ -180,23 +180,40 @@ def anchor_plan(plan: np.ndarray, masks: list[np.ndarray], prompt_index, window:
     return plan, np.where(np.isfinite(shift), shift, 0.0)
 
 
-class SimFirstFrameMasks:
+class SeededSimOracle:
+    """A simulator oracle with its own task instance, reset to the episode's ``info['task_seed']`` when the seed
+    changes; ``at_seed(info, compute)`` memoises ``compute()`` of the last seed's initial state."""
+    name = "a simulator oracle"
+
+    def __init__(self, task: str, image_size: int = 128):
+        self.task = make_task(task, image_size=image_size)
+        self._last = (None, None)   # (task seed, computed value) of the last call
+
+    def at_seed(self, info, compute):
+        seed = required_task_seed(info, self.name)
+        if self._last[0] != seed:
+            self.task.reset(seed)
+            self._last = (seed, compute())
+        return self._last[1]
+
+    def close(self):
+        self.task.close()
+
+
+class SimFirstFrameMasks(SeededSimOracle):
     """Ground-truth part masks of an episode's first frame, from its task seed (the simulator oracle that plays
     the segmenter's role, as everywhere in simulation): resets its own task instance to ``info['task_seed']``.
     ``movable(frame, info)`` gives, per prompt, the pixels of the bodies that can move (``Task.movable_slots``:
     the drawer, not its case), for ``AnchoredPlanner(movable_fn=)``."""
 
+    name = "SimFirstFrameMasks"
+
     def __init__(self, task: str, image_size: int = 128):
-        self.task = make_task(task, image_size=image_size)
+        super().__init__(task, image_size)
         self.prompts = list(self.task.spec.prompts)
-        self._seg = (None, None)   # (task seed, segmentation) of the last call
 
     def _segmentation(self, info):
-        seed = required_task_seed(info, "SimFirstFrameMasks")
-        if self._seg[0] != seed:
-            self.task.reset(seed)
-            self._seg = (seed, self.task.segmentation())
-        return self._seg[1]
+        return self.at_seed(info, self.task.segmentation)
 
     def __call__(self, frame, info: dict | None) -> list[np.ndarray]:
         masks = self.task.masks(self.prompts, seg=self._segmentation(info))
@@ -205,9 +222,6 @@ class SimFirstFrameMasks:
     def movable(self, frame, info: dict | None) -> list[np.ndarray]:
         seg = self._segmentation(info)
         return [np.isin(seg, self.task.movable_slots(p)) for p in self.prompts]
-
-    def close(self):
-        self.task.close()
 
 
 def goal_features(camera, goal_xyz) -> np.ndarray:
@@ -218,28 +232,21 @@ def goal_features(camera, goal_xyz) -> np.ndarray:
     return np.array([uv[0, 0] / camera.width, uv[0, 1] / camera.height, z[0]], np.float32)
 
 
-class SimGoal:
-    """The task's goal of an episode from the simulator (``Task.goal_position``, the hidden goal marker), as
+class SimGoal(SeededSimOracle):
+    """The task's goal of an episode from the simulator (``Task.goal_position``, the goal marker), as
     ``goal_features``: resets its own task instance to ``info['task_seed']``. The oracle that stands for what
     ManiSkill's observation gives a policy (``goal_pos``) on the anticipation model's side."""
+    name = "SimGoal"
 
     def __init__(self, task: str, image_size: int = 128):
-        self.task = make_task(task, image_size=image_size)
+        super().__init__(task, image_size)
         if not hasattr(self.task, "goal_position"):
             self.task.close()
             raise ValueError(f"task {task!r} has no goal position in the simulator, so its anticipation model cannot "
                              "read one: set anticipation.model.goal_input false for it")
-        self._last = (None, None)   # (task seed, goal features) of the last call
 
     def __call__(self, frame=None, info: dict | None = None) -> np.ndarray:
-        seed = required_task_seed(info, "SimGoal")
-        if self._last[0] != seed:
-            self.task.reset(seed)
-            self._last = (seed, goal_features(self.task.camera(), self.task.goal_position()))
-        return self._last[1]
-
-    def close(self):
-        self.task.close()
+        return self.at_seed(info, lambda: goal_features(self.task.camera(), self.task.goal_position()))
 
 
 class AnchoredPlanner:
