@@ -294,6 +294,32 @@ def test_sim_movable_masks_leave_out_the_static_case():
     masks.close()
 
 
+def test_sim_goal_shares_the_masks_simulator_and_reads_what_its_own_would():
+    """make_planner gives a goal-reading model's SimGoal the SimFirstFrameMasks' scene: one ManiSkill scene per
+    planner, and interleaved calls for different task seeds must not mix up their states."""
+    from relam.rl.planners import SimFirstFrameMasks, SimGoal
+
+    masks = SimFirstFrameMasks("PickCube", 128)
+    shared = SimGoal("PickCube", 128, share=masks)
+    own_goal, own_masks = SimGoal("PickCube", 128), SimFirstFrameMasks("PickCube", 128)
+    assert shared.task is masks.task and own_goal.task is not masks.task
+    goals = []
+    for seed in (1_000_000, 1_000_001, 1_000_000, 1_000_002):
+        info = {"task_seed": seed}
+        goal, got = shared(None, info), masks(None, info)       # goal first: the masks must still be this seed's
+        np.testing.assert_allclose(goal, own_goal(None, info))
+        for a, b in zip(got, own_masks(None, info)):
+            np.testing.assert_array_equal(a, b)
+        goals.append(goal)
+    assert np.abs(goals[0] - goals[1]).max() > 1e-3 and np.allclose(goals[0], goals[2])   # random goals per seed
+    with pytest.raises(ValueError, match="cannot share"):
+        SimGoal("PushCube", 128, share=masks)
+    shared.close()                                               # not its scene: the masks still work
+    assert masks(None, {"task_seed": 1_000_003})[1].any()
+    for oracle in (masks, masks, own_goal, own_masks):           # closing twice is harmless
+        oracle.close()
+
+
 def test_anchor_plan_moves_x0_off_a_static_part_and_nowhere_else():
     from relam.rl.planners import anchor_plan
 

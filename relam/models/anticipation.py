@@ -193,7 +193,7 @@ class AnticipationModel(nn.Module):
         self.goal_mean.copy_(goals.mean(0))
         self.goal_std.copy_(goals.std(0, unbiased=False).clamp_min(1e-3) if len(goals) > 1 else torch.ones(GOAL_DIM))
 
-    def _goal(self, goal, b: int):
+    def standardised_goal(self, goal, b: int):
         """The standardised goal (B, GOAL_DIM), or None; checks it is given exactly when the model reads it."""
         if not self.cfg.goal_input:
             if goal is not None:
@@ -227,7 +227,7 @@ class AnticipationModel(nn.Module):
         j says whether x^{j+1} is the last subgoal."""
         b, length = subgoals.shape[:2]
         self.check_keypoints(subgoals.shape[2])
-        goal = self._goal(goal, b)
+        goal = self.standardised_goal(goal, b)
         if length > self.cfg.max_subgoals:
             raise ValueError(f"plan of {length} subgoals exceeds max_subgoals={self.cfg.max_subgoals}")
         img = self.image_tokens(features)
@@ -278,7 +278,7 @@ class AnticipationModel(nn.Module):
         was_training = self.training
         self.eval()
         b = features.shape[0]
-        goal = self._goal(goal, b)
+        goal = self.standardised_goal(goal, b)
         x = self.image_tokens(features)
         cache = []
         for blk in self.blocks:                                                # image tokens: once per episode

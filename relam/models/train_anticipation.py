@@ -176,7 +176,7 @@ def least_squares_init(model: AnticipationModel, samples, ridge: float = 1e-3, m
         raise ValueError("least_squares_init needs a model with coord_skip")
     k2 = 2 * model.cfg.num_keypoints
     goals = batch_goals(samples, model)
-    goals = model._goal(goals, len(samples)).numpy() if goals is not None else np.zeros((len(samples), 0))
+    goals = model.standardised_goal(goals, len(samples)).numpy() if goals is not None else np.zeros((len(samples), 0))
     residuals = []
     for j in range(model.cfg.max_subgoals - 1):
         idx = [i for i, s in enumerate(samples) if len(s.subgoals) > j + 1]
@@ -385,10 +385,6 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
         goals_from_simulator(datasets, image_size)
     train_s, val_s, task_frames, tasks = load_samples(datasets, cfg.val_fraction, cfg.seed)
     model = AnticipationModel(cfg.model)
-    if cfg.model.goal_input:
-        model.set_goal_statistics(batch_goals(train_s, model))
-    if cfg.linear_init:
-        least_squares_init(model, train_s)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
@@ -402,8 +398,12 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
             step = ckpt["step"]
         else:
             ckpt_path.unlink()  # another configuration's checkpoint: start over
-    if step == 0 and log_path.exists():
-        log_path.unlink()
+    if step == 0:   # a fresh start; a resumed checkpoint holds the goal statistics and the trained linear maps
+        if cfg.model.goal_input:
+            model.set_goal_statistics(batch_goals(train_s, model))
+        if cfg.linear_init:
+            least_squares_init(model, train_s)
+        log_path.unlink(missing_ok=True)
     # metrics of an earlier configuration must go before this config.json is written: an interrupted retrain
     # would otherwise look finished (metrics + matching config) and be skipped with the old model's numbers
     metrics_path.unlink(missing_ok=True)

@@ -34,11 +34,15 @@ def required_task_seed(info: dict | None, who: str) -> int:
 class ModelPlanner:
     """Plans with a trained anticipation model. ``goal_fn(frame, info) -> (GOAL_DIM,)`` gives the task's goal to a
     model trained with ``anticipation.model.goal_input`` (e.g. ``SimGoal``); such a model refuses to plan without
-    it."""
+    it. ``goal_factory() -> goal_fn`` instead: made only if the checkpoint's model reads the goal (so a plain model
+    opens no simulator for it)."""
 
-    def __init__(self, checkpoint: Path | str, task: str, max_len: int | None = None, goal_fn=None):
+    def __init__(self, checkpoint: Path | str, task: str, max_len: int | None = None, goal_fn=None,
+                 goal_factory=None):
         from relam.models.train_anticipation import load_model
         self.model, ckpt = load_model(checkpoint)
+        if self.model.cfg.goal_input and goal_fn is None and goal_factory is not None:
+            goal_fn = goal_factory()
         if self.model.cfg.goal_input and goal_fn is None:
             raise ValueError(f"anticipation model {checkpoint} reads the task's goal (anticipation.model.goal_input): "
                              f"give ModelPlanner(goal_fn=...), e.g. relam.rl.planners.SimGoal({task!r})")
@@ -182,22 +186,33 @@ def anchor_plan(plan: np.ndarray, masks: list[np.ndarray], prompt_index, window:
 
 class SeededSimOracle:
     """A simulator oracle with its own task instance, reset to the episode's ``info['task_seed']`` when the seed
-    changes; ``at_seed(info, compute)`` memoises ``compute()`` of the last seed's initial state."""
+    changes; ``at_seed(info, key, compute)`` memoises ``compute()`` of the last seed's initial state under ``key``.
+    ``share=`` another oracle of the same task: use its task instance and memo instead of a second simulator (a
+    ManiSkill scene each); the oracle that made the instance closes it."""
     name = "a simulator oracle"
 
-    def __init__(self, task: str, image_size: int = 128):
-        self.task = make_task(task, image_size=image_size)
-        self._last = (None, None)   # (task seed, computed value) of the last call
+    def __init__(self, task: str, image_size: int = 128, share: "SeededSimOracle | None" = None):
+        if share is not None and share.task.spec.name != task:
+            raise ValueError(f"{self.name} for {task!r} cannot share the simulator of {share.task.spec.name!r}")
+        self._owner = share is None
+        self.task = make_task(task, image_size=image_size) if share is None else share.task
+        # {'seed': task seed of the state the instance was reset to, 'values': {key: computed value}}, shared
+        self._memo = {"seed": None, "values": {}} if share is None else share._memo
 
-    def at_seed(self, info, compute):
+    def at_seed(self, info, key: str, compute):
         seed = required_task_seed(info, self.name)
-        if self._last[0] != seed:
+        if self._memo["seed"] != seed:
             self.task.reset(seed)
-            self._last = (seed, compute())
-        return self._last[1]
+            self._memo.update(seed=seed, values={})
+        values = self._memo["values"]
+        if key not in values:
+            values[key] = compute()
+        return values[key]
 
     def close(self):
-        self.task.close()
+        if self._owner:
+            self.task.close()
+            self._owner = False   # closing twice (a planner closing every part) is harmless
 
 
 class SimFirstFrameMasks(SeededSimOracle):
@@ -208,12 +223,12 @@ class SimFirstFrameMasks(SeededSimOracle):
 
     name = "SimFirstFrameMasks"
 
-    def __init__(self, task: str, image_size: int = 128):
-        super().__init__(task, image_size)
+    def __init__(self, task: str, image_size: int = 128, share: SeededSimOracle | None = None):
+        super().__init__(task, image_size, share)
         self.prompts = list(self.task.spec.prompts)
 
     def _segmentation(self, info):
-        return self.at_seed(info, self.task.segmentation)
+        return self.at_seed(info, "segmentation", self.task.segmentation)
 
     def __call__(self, frame, info: dict | None) -> list[np.ndarray]:
         masks = self.task.masks(self.prompts, seg=self._segmentation(info))
@@ -238,15 +253,15 @@ class SimGoal(SeededSimOracle):
     ManiSkill's observation gives a policy (``goal_pos``) on the anticipation model's side."""
     name = "SimGoal"
 
-    def __init__(self, task: str, image_size: int = 128):
-        super().__init__(task, image_size)
+    def __init__(self, task: str, image_size: int = 128, share: SeededSimOracle | None = None):
+        super().__init__(task, image_size, share)
         if not hasattr(self.task, "goal_position"):
-            self.task.close()
+            self.close()
             raise ValueError(f"task {task!r} has no goal position in the simulator, so its anticipation model cannot "
                              "read one: set anticipation.model.goal_input false for it")
 
     def __call__(self, frame=None, info: dict | None = None) -> np.ndarray:
-        return self.at_seed(info, lambda: goal_features(self.task.camera(), self.task.goal_position()))
+        return self.at_seed(info, "goal", lambda: goal_features(self.task.camera(), self.task.goal_position()))
 
 
 class AnchoredPlanner:

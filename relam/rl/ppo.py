@@ -158,11 +158,11 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         if not ckpt.exists():
             raise FileNotFoundError(f"no anticipation model at {ckpt}; run notebooks/04_anticipation.ipynb (or "
                                     f"./run_all.sh --profile {cfg.profile}) first")
-        reads_goal = cfg.anticipation.for_task(task if run == "task" else None).model.goal_input
-        planner = ModelPlanner(ckpt, task, goal_fn=SimGoal(task, cfg.env.image_size) if reads_goal else None)
+        # one simulator instance serves both oracles (the first frame's masks and, if the model reads it, the goal)
+        masks = SimFirstFrameMasks(task, cfg.env.image_size) if pc.anchor_generated_x0 else None
+        planner = ModelPlanner(ckpt, task, goal_factory=lambda: SimGoal(task, cfg.env.image_size, share=masks))
         if pc.anchor_generated_x0:
             kp = pc.keypoints
-            masks = SimFirstFrameMasks(task, cfg.env.image_size)
             centroid = pc.x0_anchor == "centroid"
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
                                       reference=demo_centroids(cfg, task, masks) if centroid else None,
