@@ -83,7 +83,10 @@ class PerceptionConfig:
     anticipate the later subgoals from the corrected x^0. 'nearest' (the default until 2026-11-25): only snap
     x^0 keypoints that lie off their part onto its mask and shift their subgoal paths along. Plan errors: see
     AnchoredPlanner. Success at ``cpu`` (3 seeds, simulator flag; nearest -> centroid): button-press-wall
-    83.3 -> 100 %, drawer-open 23.3 -> 33.3 %, door-open 0 -> 0 % (PPO); IQL: README."""
+    83.3 -> 100 %, drawer-open 23.3 -> 33.3 %, door-open 0 -> 0 % (PPO); IQL: README. 'reselect' (ours,
+    2026-12-04): as 'centroid', and the keypoints whose selection needs the first frame only (the robot's under
+    ``keypoints.selection: near-object``) are chosen again on it, exactly where the demos' were
+    (``AnchoredPlanner(reselect=)``); the others as 'centroid'."""
     anchor_movable_only: bool = True
     """Anchoring with the simulator's masks: an x^0 keypoint must end on a part that can move (the drawer, not its
     static case; ``AnchoredPlanner(movable_fn=)``), centroids still from the whole prompt. False: anywhere on the
@@ -95,8 +98,9 @@ class PerceptionConfig:
     load), and the multi-task model leaves it out (one model, one K). Why: the ``cpu`` profile's comments."""
 
     def __post_init__(self):
-        if self.x0_anchor not in ("nearest", "centroid"):
-            raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest' or 'centroid'")
+        if self.x0_anchor not in ("nearest", "centroid", "reselect"):
+            raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest', 'centroid' or "
+                             "'reselect'")
         check_task_overrides(self, "perception")
 
     def for_task(self, task: str | None) -> "PerceptionConfig":

@@ -136,6 +136,22 @@ def test_near_object_selection_puts_robot_keypoints_next_to_the_object_in_every_
         KeypointConfig(selection="random")
 
 
+def test_reselect_on_the_first_frame_gives_the_near_object_robot_keypoints_and_nothing_it_cannot_know():
+    """At RL time only the first frame exists: the robot's 'near-object' keypoints are chosen again from its
+    masks exactly as from the demo (same points, same order); the object's FPS start needs the motion: NaN."""
+    from relam.perception.keypoints import reselect_first_frame
+
+    video, masks, tracker = _synthetic_scene()
+    cfg = KeypointConfig(num_keypoints=4, window=3, selection="near-object", min_separation=0.05)
+    kp = select_keypoints(video, masks, tracker, cfg)
+    again = reselect_first_frame(list(masks.values()), cfg)
+    np.testing.assert_allclose(again[:3], kp.points[:3])
+    assert np.isnan(again[3]).all()
+    assert np.isnan(reselect_first_frame(list(masks.values()), KeypointConfig(num_keypoints=4, window=3))).all()
+    no_object = [masks["robot arm"], np.zeros_like(masks["cube"])]
+    assert np.isnan(reselect_first_frame(no_object, cfg)).all()     # nothing to be near: no answer, no crash
+
+
 def test_quotas_follow_the_spec():
     assert quotas(["robot", "obj"], 4, 0.25) == [3, 1]
     assert quotas(["robot", "obj"], 8, 0.25) == [6, 2]

@@ -253,6 +253,16 @@ def test_centroid_anchor_moves_each_keypoint_with_its_part_and_replans_from_the_
     with pytest.raises(ValueError, match="at least one demo"):
         reference_centroids([])
 
+    # x0_anchor 'reselect': the arm's near-object keypoints are chosen again on the masks, the cube's anchored
+    from relam.perception.keypoints import KeypointConfig, reselect_first_frame
+    kp = KeypointConfig(num_keypoints=4, window=3, selection="near-object", min_separation=0.1)
+    calls.clear()
+    AnchoredPlanner(Model(), lambda frame, info: [arm, cube], idx, reference=ref, replan=True, reselect=kp)(None, {})
+    chosen = reselect_first_frame([arm, cube], kp) / size
+    np.testing.assert_allclose(calls[1][:3], chosen[:3])
+    np.testing.assert_allclose(calls[1][3], out[0, 3])
+    assert np.linalg.norm((chosen[:3] - out[0, :3]) * size, axis=-1).min() > 1   # it did move the arm's points
+
 
 def test_centroid_reference_is_the_mean_over_the_models_training_demos(tmp_path, monkeypatch):
     from relam.perception import subgoals

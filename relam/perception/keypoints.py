@@ -113,6 +113,33 @@ def most_moving_spread(points: np.ndarray, motion: np.ndarray, k: int, min_dist:
     return _fps_extend(points, chosen, k)
 
 
+def nearest_to_objects(candidates: np.ndarray, object_masks, k: int, min_dist: float) -> np.ndarray:
+    """'near-object' selection: indices of the ``k`` robot ``candidates`` (N, 2) px closest to any of the objects'
+    frame-0 masks, at least ``min_dist`` apart (``most_moving_spread`` ordered by closeness)."""
+    others = np.concatenate([np.argwhere(m)[:, ::-1] + 0.5 for m in object_masks])
+    near = -np.linalg.norm(np.asarray(candidates)[:, None] - others[None], axis=-1).min(1)
+    return most_moving_spread(candidates, near, k, min_dist)
+
+
+def reselect_first_frame(masks: list, cfg: KeypointConfig) -> np.ndarray:
+    """(K, 2) pixel keypoints that ``select_keypoints`` would choose from the first frame's masks (one per prompt,
+    robot first) alone, NaN for those it cannot: the robot's under 'near-object' need no motion (only candidates
+    that do not move would differ, and the robot's pixels next to an object move in every demo: on the 50 `cpu`
+    PickCube demos the re-chosen points equal the demos' to < 0.01 px); 'fps' and 'motion' start from the most-
+    moving candidate, which only the whole video shows. For ``AnchoredPlanner(reselect=)``."""
+    want = quotas(masks, cfg.num_keypoints, cfg.object_share)
+    out = np.full((cfg.num_keypoints, 2), np.nan)
+    if cfg.selection != "near-object" or len(masks) < 2 or not np.any(masks[0]) \
+            or not all(np.any(m) for m in masks[1:]):
+        return out
+    cands = candidate_pixels(masks[0], cfg.window, cfg.candidate_stride)
+    if len(cands) < want[0]:
+        return out
+    size = np.asarray(masks[0]).shape[0]
+    out[:want[0]] = cands[nearest_to_objects(cands, masks[1:], want[0], cfg.min_separation * size)]
+    return out
+
+
 def quotas(prompts, k: int, object_share: float) -> list[int]:
     others = [int(np.floor(k * object_share))] * (len(prompts) - 1)
     return [k - sum(others)] + others
@@ -182,9 +209,8 @@ def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfi
         if cfg.selection == "motion":
             pick = moving[most_moving_spread(all_q[moving], rng[moving], q, cfg.min_separation * size)]
         elif cfg.selection == "near-object" and i == 0 and len(prompts) > 1:
-            others = np.concatenate([np.argwhere(masks[o])[:, ::-1] + 0.5 for o in prompts[1:]])
-            near = -np.linalg.norm(all_q[moving][:, None] - others[None], axis=-1).min(1)
-            pick = moving[most_moving_spread(all_q[moving], near, q, cfg.min_separation * size)]
+            pick = moving[nearest_to_objects(all_q[moving], [masks[o] for o in prompts[1:]], q,
+                                             cfg.min_separation * size)]
         else:
             start = int(np.argmax(rng[moving]))  # deterministic start: the most-moving candidate
             pick = moving[farthest_point_sampling(all_q[moving], q, start)]

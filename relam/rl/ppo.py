@@ -163,11 +163,12 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         planner = ModelPlanner(ckpt, task, goal_factory=lambda: SimGoal(task, cfg.env.image_size, share=masks))
         if pc.anchor_generated_x0:
             kp = pc.keypoints
-            centroid = pc.x0_anchor == "centroid"
+            centroid = pc.x0_anchor in ("centroid", "reselect")
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
                                       reference=demo_centroids(cfg, task, masks) if centroid else None,
                                       replan=centroid,
-                                      movable_fn=masks.movable if pc.anchor_movable_only else None)
+                                      movable_fn=masks.movable if pc.anchor_movable_only else None,
+                                      reselect=kp if pc.x0_anchor == "reselect" else None)
         return CachedPlanner(planner)
     if method == "relam-gt":
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
