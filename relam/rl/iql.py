@@ -577,6 +577,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                "train_steps_per_second": round(steps_done / max(seconds, 1e-9), 1), "resumed": resumed}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     env.close()
+    planner.close()
     return results
 
 
@@ -639,6 +640,7 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
         res = evaluate(policy, env, episodes, c.image_size if pixels else None, with_subgoal=c.subgoal_observation)
     finally:
         env.close()
+        planner.close()
     own = results.get("selected_eval") or results["final_eval"]
     res = {"task": task, "method": method, "seed": seed, "model": model.name, **res,
            "own_success_rate": own["success_rate"], "own_episodes": own.get("episodes", c.eval_episodes),

@@ -354,3 +354,8 @@ class CachedPlanner:
         if key not in self.cache:
             self.cache[key] = self.planner(frame, info)
         return self.cache[key]
+
+    def close(self):
+        """Close the planner's simulator oracles (their ManiSkill / MuJoCo scenes); cached plans stay usable."""
+        if hasattr(self.planner, "close"):
+            self.planner.close()

@@ -520,8 +520,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     venv.close()
     eval_env.close()
-    if hasattr(planner.planner, "close"):
-        planner.planner.close()
+    planner.close()
     return results
 
 
