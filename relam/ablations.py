@@ -31,9 +31,10 @@ def _merge_dicts(base: dict, extra: dict) -> dict:
 
 REUSABLE = ("subgoals", "anticipation")
 # the settings that define each stage an ablation shares with its profile (demos and offline data always)
-_SUBGOALS = ("seed", "env.image_size", "demos", "perception.segmenter", "perception.segmenter_kwargs",
-             "perception.tracker", "perception.tracker_kwargs", "perception.keypoints", "perception.keyframes",
-             "perception.task_overrides")   # what build_subgoal_dataset reads (x0 anchoring is RL-time only)
+_PERCEPTION_SUBGOALS = ("segmenter", "segmenter_kwargs", "tracker", "tracker_kwargs", "keypoints", "keyframes")
+_SUBGOALS = ("seed", "env.image_size", "demos", *(f"perception.{k}" for k in _PERCEPTION_SUBGOALS),
+             # what build_subgoal_dataset reads of a task's own perception settings (x0 anchoring is RL-time only)
+             "perception.task_overrides[subgoals]")
 DEFINED_BY = {
     "demos": ("seed", "env.image_size", "demos"),
     "offline": ("seed", "env.image_size", "offline"),
@@ -103,7 +104,12 @@ def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) 
 
 
 def _setting(settings: dict, key: str):
-    """A value of a config's ``to_dict()`` by dotted path ('env.image_size', 'perception')."""
+    """A value of a config's ``to_dict()`` by dotted path ('env.image_size', 'perception');
+    'perception.task_overrides[subgoals]': each task's overrides of the settings its subgoal dataset depends on."""
+    if key == "perception.task_overrides[subgoals]":
+        over = settings["perception"]["task_overrides"]
+        kept = {t: {k: v for k, v in o.items() if k in _PERCEPTION_SUBGOALS} for t, o in over.items()}
+        return {t: o for t, o in kept.items() if o}
     value = settings
     for part in key.split("."):
         value = value[part]

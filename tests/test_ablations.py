@@ -96,6 +96,13 @@ def test_an_ablation_that_changes_a_shared_stage_is_refused_before_it_can_overwr
     ablation_config(cfg, "delta", {"reward": {"delta": 0.05}, "perception": {"x0_anchor": "nearest"}},
                     reuse=("subgoals", "anticipation"))
     assert ablation_config(cfg, "kp", near).perception.keypoints.selection == "near-object"   # without reuse: fine
+    # a task's own x0 anchoring is RL-time only; its own keypoints are not (PickCube's cpu override has both)
+    mine = ablation_config(cfg, "pick-anchor", {"perception": {"task_overrides": {"PickCube": {"x0_anchor": "reselect"}}}},
+                           reuse=("subgoals", "anticipation"))
+    assert mine.perception.for_task("PickCube").x0_anchor == "reselect"
+    with pytest.raises(ValueError, match=r"task_overrides\[subgoals\].*'subgoals'"):
+        ablation_config(cfg, "pick-kp", {"perception": {"task_overrides": {"PickCube": {"keypoints": {"window": 3}}}}},
+                        reuse=("subgoals",))
 
 
 def test_compare_lists_profile_and_ablation_side_by_side(tmp_path):
