@@ -87,8 +87,9 @@ class PerceptionConfig:
     2026-12-04): as 'centroid', and the keypoints whose selection needs the first frame only (the robot's under
     ``keypoints.selection: near-object``) are chosen again on it, exactly where the demos' were
     (``AnchoredPlanner(reselect=)``); the others as 'centroid'. Measured on PickCube (3 seeds, 40k, 100 states):
-    robot subgoals x^2 / x^3 ~3.8 -> ~1.6 px from the expert's, but ``relam`` 61.3 -> 58.7 % (seed noise), so
-    not a profile's setting (README, stage 06)."""
+    robot subgoals x^2 / x^3 ~3.8 -> ~1.6 px from the expert's, but ``relam`` 61.3 -> 58.7 %, and every policy,
+    ``relam-gt``'s too, succeeded less often with these plans than with 'centroid' ones, so not a profile's
+    setting (README, stage 06)."""
     anchor_movable_only: bool = True
     """Anchoring with the simulator's masks: an x^0 keypoint must end on a part that can move (the drawer, not its
     static case; ``AnchoredPlanner(movable_fn=)``), centroids still from the whole prompt. False: anywhere on the
