@@ -160,7 +160,12 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
                                     f"./run_all.sh --profile {cfg.profile}) first")
         # one simulator instance serves both oracles (the first frame's masks and, if the model reads it, the goal)
         masks = SimFirstFrameMasks(task, cfg.env.image_size) if pc.anchor_generated_x0 else None
-        planner = ModelPlanner(ckpt, task, goal_factory=lambda: SimGoal(task, cfg.env.image_size, share=masks))
+        try:
+            planner = ModelPlanner(ckpt, task, goal_factory=lambda: SimGoal(task, cfg.env.image_size, share=masks))
+        except Exception:   # e.g. a model not trained on this task: do not leave the masks' scene open
+            if masks is not None:
+                masks.close()
+            raise
         if pc.anchor_generated_x0:
             kp = pc.keypoints
             centroid = pc.x0_anchor in ("centroid", "reselect")
