@@ -73,12 +73,16 @@ def test_iql_smoke_fit_writes_a_checkpoint_that_loads_and_evaluates(tmp_path):
     longer = train_run(cfg, "PushCube", "relam-gt", 0)
     assert longer["resumed"] and [e["epoch"] for e in longer["evals"]] == [1, 2, 3]
 
-    from relam.rl.iql import reevaluate_grid, reevaluate_run
+    from relam.rl.iql import per_state_outcomes, reevaluate_grid, reevaluate_run
     # on the run's own single state the re-evaluation replays the run's final evaluation exactly
     same = reevaluate_run(cfg, "PushCube", "relam-gt", 0, episodes=1)
     for k in ("success_rate", "last_subgoal_rate", "mean_return", "mean_length"):
         assert same[k] == longer["final_eval"][k], k
     assert same["own_success_rate"] == longer["success_rate"] and (rd / "reeval1.json").exists()
+    from relam.rl.runs import EVAL_SEED_OFFSET
+    assert [e["task_seed"] for e in same["per_episode"]] == [EVAL_SEED_OFFSET]
+    assert same["per_episode"][0]["success"] == (same["success_rate"] == 1.0)
+    assert same["per_episode"][0]["length"] == same["mean_length"]
     mtime = (rd / "reeval1.json").stat().st_mtime_ns
     assert reevaluate_run(cfg, "PushCube", "relam-gt", 0, episodes=1) == same
     assert (rd / "reeval1.json").stat().st_mtime_ns == mtime       # kept while the run's results are unchanged
@@ -87,6 +91,9 @@ def test_iql_smoke_fit_writes_a_checkpoint_that_loads_and_evaluates(tmp_path):
     cfg.iql.reeval_episodes, cfg.iql.methods, cfg.iql.seeds = 2, ["relam-gt", "relam"], [0]
     table = reevaluate_grid(cfg, progress=False)                      # unfinished runs are left out
     assert list(table.method) == ["relam-gt"] and table.episodes.tolist() == [2] and (rd / "reeval2.json").exists()
+    per_state = per_state_outcomes(cfg, progress=False)               # the same two episodes, one row each
+    assert per_state.task_seed.tolist() == [EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1]
+    assert per_state.success.mean() == table.success_rate[0] and set(per_state.method) == {"relam-gt"}
 
 
 def test_downscale_block_averages_channels_first():

@@ -371,7 +371,7 @@ def make_algo(c: IQLConfig, seed: int):
 
 
 def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int = EVAL_SEED_OFFSET,
-             with_subgoal: bool = True) -> dict:
+             with_subgoal: bool = True, per_episode: bool = False) -> dict:
     """Greedy IQL policy on held-out initial states from task seed ``seed_offset`` on
     (``relam.rl.runs.evaluate_policy``); ``image_size`` for a 'pixels' policy (the env must then yield
     ``obs['image']``); ``with_subgoal`` False for a policy trained without the subgoal in its observation."""
@@ -380,7 +380,8 @@ def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offse
         if image_size is not None:
             x = np.concatenate([downscale(np.moveaxis(obs["image"], 0, -1), image_size), x])
         return algo.predict(x[None])[0]
-    return evaluate_policy(act, env, episodes, seed_offset=seed_offset, on_reset=getattr(algo, "reset", None))
+    return evaluate_policy(act, env, episodes, seed_offset=seed_offset, on_reset=getattr(algo, "reset", None),
+                           per_episode=per_episode)
 
 
 def _iql_settings(c: IQLConfig) -> dict:
@@ -615,8 +616,10 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
     results = json.loads(results_path.read_text())
     out = run_dir / f"reeval{episodes}.json"
     key = {"results_mtime_ns": results_path.stat().st_mtime_ns, "episodes": episodes}
-    if out.exists() and json.loads(out.read_text()).get("key") == key:
-        return json.loads(out.read_text())
+    if out.exists():
+        cached = json.loads(out.read_text())
+        if cached.get("key") == key and "per_episode" in cached:   # files from before 'per_episode' are replayed
+            return cached
     pixels = c.observation == "pixels"
     ext = ".pt" if c.learner == "awr-mc" else ".d3"
     selected = run_dir / f"selected{ext}"
@@ -637,7 +640,8 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
             data_path = relabel_dataset(cfg, task, source, planner=planner, progress=False,
                                         anticipation_run=c.anticipation_run)
             policy = LiftedPolicy(policy, _subgoal_lift(c, run_dir, data_path, env, seed))
-        res = evaluate(policy, env, episodes, c.image_size if pixels else None, with_subgoal=c.subgoal_observation)
+        res = evaluate(policy, env, episodes, c.image_size if pixels else None, with_subgoal=c.subgoal_observation,
+                       per_episode=True)
     finally:
         env.close()
         planner.close()
@@ -666,6 +670,20 @@ def reevaluate_grid(cfg, progress: bool = True) -> "pd.DataFrame":
     cols = ["task", "method", "seed", "success_rate", "last_subgoal_rate", "episodes", "own_success_rate",
             "own_episodes"]
     return pd.DataFrame(rows, columns=cols + ["model"])[cols]
+
+
+def per_state_outcomes(cfg, progress: bool = True) -> "pd.DataFrame":
+    """One row per re-evaluation episode of the profile's finished runs (``reevaluate_grid``): task, method, seed,
+    task_seed, success, reached_last, stages, length. Every run plays the same states, so
+    ``.pivot_table(index="task_seed", columns="method", values="success")`` pairs them per state: failures shared
+    by every method mark states hard for the learner, not for one plan (README, stage 06)."""
+    import pandas as pd
+
+    grid_rows = reevaluate_grid(cfg, progress)
+    rows = [{"task": r.task, "method": r.method, "seed": r.seed, **ep}
+            for r in grid_rows.itertuples() for ep in reevaluate_run(cfg, r.task, r.method, r.seed)["per_episode"]]
+    return pd.DataFrame(rows, columns=["task", "method", "seed", "task_seed", "success", "reached_last", "stages",
+                                       "length"])
 
 
 def run_grid(cfg, progress: bool = True) -> list[dict]:

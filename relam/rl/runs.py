@@ -54,10 +54,13 @@ def _only_budget_grew(old: dict, new: dict, section: str, key: str) -> bool:
     return bool(grew) and rest(old) == rest(new)
 
 
-def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET, on_reset=None) -> dict:
+def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET, on_reset=None,
+                    per_episode: bool = False) -> dict:
     """``act(obs) -> action`` for episodes from task seeds ``seed_offset + i`` in a ReLAM-wrapped env; ``on_reset()``
     (if given) at each episode start, for a policy that acts with memory. Success = the simulator's flag was ever 1;
-    also the share that reached the last subgoal."""
+    also the share that reached the last subgoal. With ``per_episode``, 'per_episode' lists each episode's task seed,
+    success, last subgoal, stages passed and length: every method and seed plays the same states, so outcomes can
+    be paired per state (hard states fail for every policy; README, stage 06)."""
     success, last, stages, returns, env_returns, lengths = [], [], [], [], [], []
     for i in range(episodes):
         obs, info = env.reset(options={"task_seed": seed_offset + i})
@@ -74,10 +77,14 @@ def evaluate_policy(act, env, episodes: int, seed_offset: int = EVAL_SEED_OFFSET
         returns.append(ret)
         env_returns.append(env_ret)
         lengths.append(n)
-    return {"success_rate": float(np.mean(success)), "last_subgoal_rate": float(np.mean(last)),
-            "mean_stages": float(np.mean(stages)), "mean_return": float(np.mean(returns)),
-            "mean_env_return": float(np.mean(env_returns)), "mean_length": float(np.mean(lengths)),
-            "episodes": episodes}
+    res = {"success_rate": float(np.mean(success)), "last_subgoal_rate": float(np.mean(last)),
+           "mean_stages": float(np.mean(stages)), "mean_return": float(np.mean(returns)),
+           "mean_env_return": float(np.mean(env_returns)), "mean_length": float(np.mean(lengths)),
+           "episodes": episodes}
+    if per_episode:
+        res["per_episode"] = [{"task_seed": seed_offset + i, "success": success[i], "reached_last": last[i],
+                               "stages": int(stages[i]), "length": lengths[i]} for i in range(episodes)]
+    return res
 
 
 def evaluate_with_validation(evaluate, episodes: int, validation_episodes: int) -> dict:
