@@ -43,7 +43,8 @@ class KeypointConfig:
     physical points must be chosen in every demo. Measured on the 50 `cpu` demos per task (mean error of the
     best linear prediction of each robot keypoint's x^0 from the object keypoint's, leave-one-out, px):
     PushCube fps 12 / 16 / 6, motion 12 / 12 / 13, near-object 5 / 6 / 7; PickCube fps 9 / 20 / 28,
-    motion 9 / 10 / 10, near-object 4 / 5 / 6; door-open fps 5 / 9 / 4, near-object 0 / 2 / 2."""
+    motion 9 / 10 / 10, near-object 4 / 5 / 6; door-open fps 5 / 9 / 4, near-object 0 / 2 / 2. The `cpu` profile
+    takes 'near-object' for PickCube and PushCube (``perception.task_overrides``; README, stage 06)."""
     min_separation: float = 0.04
     """'motion' and 'near-object' selection: smallest distance between two keypoints of one prompt, as a
     fraction of the image size (0.04 -> 5.1 px at 128 px)."""
