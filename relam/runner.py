@@ -62,6 +62,9 @@ def run(profile: str, results_dir: str | None = None, only: list[str] | None = N
     except ConfigError as e:
         print(f"[relam] {e}", file=sys.stderr)
         return 2
+    # papermill runs the notebooks in notebooks/: a relative results dir (--results-dir or RELAM_RESULTS_DIR) means
+    # the caller's, so they get it absolute (before, a relative one put every result under notebooks/results/)
+    cfg.results_dir = str(cfg.out.resolve()) if cfg.results_dir else None
     books = numbered_notebooks(only)
     if params:
         known = set().union(*(pm.inspect_notebook(str(nb)) for nb in books))

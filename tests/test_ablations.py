@@ -221,3 +221,17 @@ def test_runner_refuses_a_param_that_no_selected_notebook_defines(tmp_path, caps
     res = tmp_path / "res"
     assert run("smoke", str(res), only=["08"], params={"iql_task": ["PickCube"]}) == 2   # typo of iql_tasks
     assert "iql_task" in capsys.readouterr().err and not res.exists()                  # refused before anything ran
+
+
+def test_runner_gives_the_notebooks_a_relative_results_dir_as_the_callers(tmp_path, monkeypatch):
+    import papermill as pm
+
+    from relam.runner import run
+
+    seen = []
+    monkeypatch.setattr(pm, "execute_notebook", lambda nb, target, parameters, **kw: seen.append((target, parameters)))
+    monkeypatch.chdir(tmp_path)
+    assert run("smoke", "rel/out", only=["09"]) == 0
+    (target, params), = seen
+    assert params["results_dir"] == str(tmp_path / "rel" / "out")      # not notebooks/rel/out, the notebooks' cwd
+    assert target == str(tmp_path / "rel" / "out" / "notebooks" / "09_figures.ipynb")
