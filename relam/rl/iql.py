@@ -657,6 +657,14 @@ def reevaluate_grid(cfg, progress: bool = True) -> "pd.DataFrame":
     """``reevaluate_run`` for every finished, current run of the profile's grid (``iql.reeval_episodes``);
     one row per run. Runs not trained yet are left out."""
     import pandas as pd
+
+    cols = ["task", "method", "seed", "success_rate", "last_subgoal_rate", "episodes", "own_success_rate",
+            "own_episodes"]
+    return pd.DataFrame(_reevaluations(cfg, progress), columns=cols + ["model"])[cols]
+
+
+def _reevaluations(cfg, progress: bool) -> list[dict]:
+    """``reevaluate_run`` of every finished, current run of the profile's grid, in grid order."""
     from tqdm.auto import tqdm
 
     from relam.report import find_runs
@@ -665,11 +673,8 @@ def reevaluate_grid(cfg, progress: bool = True) -> "pd.DataFrame":
     runs = find_runs(cfg.out, cfg)
     finished = set(zip(runs.task[runs.finished], runs.method[runs.finished], runs.seed[runs.finished]))
     jobs = [(t, m, s) for s in c.seeds for t in c.tasks for m in c.methods if (t, m, s) in finished]
-    rows = [reevaluate_run(cfg, t, m, s) for t, m, s in tqdm(jobs, desc=f"re-evaluate on {c.reeval_episodes} states",
+    return [reevaluate_run(cfg, t, m, s) for t, m, s in tqdm(jobs, desc=f"re-evaluate on {c.reeval_episodes} states",
                                                              disable=not progress, unit="run")]
-    cols = ["task", "method", "seed", "success_rate", "last_subgoal_rate", "episodes", "own_success_rate",
-            "own_episodes"]
-    return pd.DataFrame(rows, columns=cols + ["model"])[cols]
 
 
 def per_state_outcomes(cfg, progress: bool = True) -> "pd.DataFrame":
@@ -679,9 +684,8 @@ def per_state_outcomes(cfg, progress: bool = True) -> "pd.DataFrame":
     by every method mark states hard for the learner, not for one plan (README, stage 06)."""
     import pandas as pd
 
-    grid_rows = reevaluate_grid(cfg, progress)
-    rows = [{"task": r.task, "method": r.method, "seed": r.seed, **ep}
-            for r in grid_rows.itertuples() for ep in reevaluate_run(cfg, r.task, r.method, r.seed)["per_episode"]]
+    rows = [{"task": r["task"], "method": r["method"], "seed": r["seed"], **ep}
+            for r in _reevaluations(cfg, progress) for ep in r["per_episode"]]
     return pd.DataFrame(rows, columns=["task", "method", "seed", "task_seed", "success", "reached_last", "stages",
                                        "length"])
 
