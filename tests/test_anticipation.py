@@ -8,7 +8,7 @@ import torch
 from relam.models.anticipation import AnticipationModel, AnticipationModelConfig
 from relam.models.encoders import DINOv2Encoder, EncoderUnavailableError, FeatureCache
 from relam.models.train_anticipation import (AnticipationConfig, Sample, evaluate, Features, load_model,
-                                             loss_fn, plan_errors, train)
+                                             loss_fn, plan_errors, run_config_json, train)
 from relam.perception.subgoals import SubgoalDataset
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, dropout=0.0, cnn_channels=16, cnn_grid=2, cnn_points=2, max_subgoals=8)
@@ -536,6 +536,24 @@ def test_mean_x0_baseline_is_the_error_of_the_training_mean(tmp_path):
     mean = np.mean([s.subgoals[0] for s in train_s], 0)
     expect = np.mean([np.linalg.norm(s.subgoals[0] - mean, axis=-1).mean() for s in val_s]) * 32
     assert mean_x0_baseline(ds, cfg, 32)["toy"] == pytest.approx(expect) and expect > 0
+
+
+def test_multitask_overrides_apply_to_the_multitask_model_only():
+    from relam.config import ConfigError, load_config
+    cfg = load_config("smoke", {"anticipation": {"train_steps": 3, "multitask_overrides": {
+        "train_steps": 7, "model": {"readout": True}}}})
+    ac = cfg.anticipation
+    multi, push = ac.for_task(None), ac.for_task("PushCube")
+    assert (multi.train_steps, multi.model.readout) == (7, True)
+    assert (push.train_steps, push.model.readout) == (3, False)
+    assert multi.multitask_overrides == push.multitask_overrides == {}    # a run's config.json holds what it used
+    assert ac.train_steps == 3 and ac.model.readout is False
+    # a run trained before the option keeps its config.json text (the empty mapping is left out)
+    assert "multitask_overrides" not in run_config_json(push, {})
+    with pytest.raises(ConfigError, match=r"anticipation\.multitask_overrides\.train_step"):
+        load_config("smoke", {"anticipation": {"multitask_overrides": {"train_step": 7}}})
+    with pytest.raises(ValueError, match="not task_overrides"):
+        load_config("smoke", {"anticipation": {"multitask_overrides": {"task_overrides": {}}}})
 
 
 def test_task_overrides_apply_to_that_tasks_own_model_only(tmp_path):

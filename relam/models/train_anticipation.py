@@ -18,6 +18,7 @@ Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -95,10 +96,19 @@ class AnticipationConfig:
     model: {readout: true}}}`` (ours). The multi-task model ignores them. Why per task: Meta-World's models met
     SPEC §4's targets with the plain settings, while PickCube's random goal (the green sphere) needs the options
     that make the model read positions (``for_task``; measured in the ``cpu`` profile's comments)."""
+    multitask_overrides: dict = field(default_factory=dict)
+    """Overrides of this section for the multi-task model only (ours), e.g. ``{train_steps: 10000}``. Why: one
+    model shares its steps among the tasks, so at the per-task models' 2000 steps it is under-trained (measured in
+    the ``cpu`` profile's comments). The per-task models ignore them."""
 
     def __post_init__(self):
         from relam.config import check_task_overrides
         check_task_overrides(self, "anticipation")
+        if not isinstance(self.multitask_overrides, dict) or {"task_overrides", "multitask_overrides"} \
+                & set(self.multitask_overrides):
+            raise ValueError("anticipation.multitask_overrides must be a mapping of anticipation settings (not "
+                             f"task_overrides or itself), got {self.multitask_overrides!r}")
+        self.for_task(None)   # unknown keys fail at load time
         if self.linear_init and not self.model.coord_skip:
             raise ValueError("anticipation.linear_init starts model.coord_skip's linear maps at a least-squares fit: "
                              "set anticipation.model.coord_skip: true as well (or linear_init: false)")
@@ -106,9 +116,13 @@ class AnticipationConfig:
     def for_task(self, task: str | None) -> "AnticipationConfig":
         """The settings of ``task``'s own model: this section with ``task_overrides[task]`` applied, and no
         per-task overrides left (so a model's config.json only holds what it was trained with). ``None``: the
-        multi-task model's."""
-        from relam.config import section_for_task
-        return section_for_task(self, task, "anticipation")
+        multi-task model's, with ``multitask_overrides`` applied."""
+        from relam.config import _merge, section_for_task
+        out = section_for_task(self, task, "anticipation")
+        out.multitask_overrides = {}
+        if task is None:
+            _merge(out, copy.deepcopy(self.multitask_overrides), "anticipation.multitask_overrides.")
+        return out
 
 
 @dataclass
@@ -350,7 +364,8 @@ def load_model(path: Path | str, encoder=None) -> tuple[AnticipationModel, dict]
 # through the model's fingerprint, every RL run planned with it -- look stale.
 OPTIONS_ADDED_OFF = {("model", "readout"): False, ("model", "coord_skip"): False, ("model", "goal_input"): False,
                      ("x0_warmup_steps",): 0, ("linear_init",): False,
-                     ("split_x0_loss",): False, ("task_overrides",): {}}
+                     ("split_x0_loss",): False, ("task_overrides",): {},
+                     ("multitask_overrides",): {}}
 
 
 # The options with which the model learned to read the cube's position (see split_x0_loss), as config overrides of
