@@ -191,9 +191,15 @@ def load_config(profile: str = "cpu", overrides: dict | None = None) -> Config:
 def section_for_task(section, task: str | None, name: str):
     """A copy of config ``section`` (a dataclass with a ``task_overrides`` field, named ``name``) with
     ``task_overrides[task]`` applied and no per-task overrides left; ``None``: the section's own settings."""
+    return section_with(section, section.task_overrides.get(task, {}) if task else {}, f"{name}.")
+
+
+def section_with(section, overrides: dict, where: str):
+    """A copy of config ``section`` with ``overrides`` applied (unknown keys name ``where``) and no per-task
+    overrides left."""
     out = copy.deepcopy(section)
     out.task_overrides = {}
-    return _merge(out, copy.deepcopy(section.task_overrides.get(task, {})), f"{name}.") if task else out
+    return _merge(out, copy.deepcopy(overrides), where)
 
 
 def check_task_overrides(section, name: str) -> None:

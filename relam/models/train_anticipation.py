@@ -18,7 +18,6 @@ Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -117,11 +116,10 @@ class AnticipationConfig:
         """The settings of ``task``'s own model: this section with ``task_overrides[task]`` applied, and no
         per-task overrides left (so a model's config.json only holds what it was trained with). ``None``: the
         multi-task model's, with ``multitask_overrides`` applied."""
-        from relam.config import _merge, section_for_task
-        out = section_for_task(self, task, "anticipation")
+        from relam.config import section_for_task, section_with
+        out = section_for_task(self, task, "anticipation") if task else \
+            section_with(self, self.multitask_overrides, "anticipation.multitask_overrides.")
         out.multitask_overrides = {}
-        if task is None:
-            _merge(out, copy.deepcopy(self.multitask_overrides), "anticipation.multitask_overrides.")
         return out
 
 
