@@ -174,6 +174,29 @@ def test_reset_is_deterministic_and_seeds_differ(name, task_cache):
     assert not np.allclose(a, c), "different seeds must give different initial states"
 
 
+@MW
+def test_goal_position_is_where_the_expert_takes_the_object(name, task_cache):
+    """Meta-World's goal (for goal-reading anticipation models, ``SimGoal``) is the target the goal-observable
+    observation ends with, drawn per seed, and the expert's success brings the task's object to it."""
+    from relam.rl.planners import goal_features
+
+    task = task_cache(name)
+    goals = []
+    for seed in (3, 4):
+        obs = task.reset(seed)
+        goal = task.goal_position()
+        np.testing.assert_allclose(obs[-3:], goal)
+        start = np.linalg.norm(task.object_position() - goal)
+        for _ in range(task.spec.max_steps):
+            obs, _, _, _, info = task.step(task.expert_action(obs))
+            if info["success"]:
+                break
+        assert info["success"] and np.linalg.norm(task.object_position() - goal) < 0.5 * start
+        assert goal_features(task.camera(), goal)[2] > 0                       # in front of the camera
+        goals.append(goal)
+    assert np.abs(goals[0] - goals[1]).max() > 1e-3
+
+
 def test_unknown_task_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown task 'drawer-opn'.*Did you mean 'drawer-open'"):
         make_task("drawer-opn")

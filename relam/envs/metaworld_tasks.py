@@ -194,6 +194,14 @@ class MetaWorldTask(Task):
     def object_position(self) -> np.ndarray:
         return np.asarray(self.env._get_pos_objects()[:3], dtype=np.float64)
 
+    def goal_position(self) -> np.ndarray:
+        """World position of the task's target (Meta-World's ``_target_pos``: the open drawer's handle, the pressed
+        button, the swung door's handle), which the goal-observable observation ends with; its marker site is
+        hidden from the camera (``site_rgba``). Privileged, like ManiSkill's goal marker: what a ``goal_input``
+        anticipation model reads (``relam.rl.planners.SimGoal``), so that one model can read goals over both
+        simulators' tasks."""
+        return np.asarray(self.env._target_pos, dtype=np.float64).copy()
+
     def proprio(self) -> np.ndarray:
         return self.proprio_of_state(self._obs)
 

@@ -79,8 +79,8 @@ class AnticipationModelConfig:
     first frame and the task-indication frame). Why: PickCube's goal is a random point in the air, drawn in the
     first frame only as a small green sphere (a few pixels at 128 px, and only its 2-D position), while the policy
     observes ``goal_pos`` as ManiSkill's observation gives it; from x^0 alone least squares predicts the expert's
-    x^2 / x^3 to ~21 px, from x^0 and the goal to 2.3-2.7 px (README stage 06). Tasks without a goal in the
-    simulator (Meta-World) cannot use it.
+    x^2 / x^3 to ~21 px, from x^0 and the goal to 2.3-2.7 px (README stage 06). Meta-World's goal is its task's
+    target (``MetaWorldTask.goal_position``), so a multi-task model over both simulators can read goals too.
     On for PickCube in ``cpu`` / ``smoke`` with ``coord_skip`` and ``AnticipationConfig.linear_init`` (which made
     the difference: ``relam`` 55.7 -> 76.3 % over 100 states, README stage 06). Without the init (ablation
     ``pick-goal``, 4 000 steps, 1 497 s; 3 seeds, 40k, final models): held-out x^0 / plan 4.4 / 4.6 px (profile 4.7
