@@ -250,7 +250,8 @@ def goal_features(camera, goal_xyz) -> np.ndarray:
 class SimGoal(SeededSimOracle):
     """The task's goal of an episode from the simulator (``Task.goal_position``, the goal marker), as
     ``goal_features``: resets its own task instance to ``info['task_seed']``. The oracle that stands for what
-    ManiSkill's observation gives a policy (``goal_pos``) on the anticipation model's side."""
+    ManiSkill's observation gives a policy (``goal_pos``; Meta-World's goal-observable observation ends with its
+    target the same way) on the anticipation model's side."""
     name = "SimGoal"
 
     def __init__(self, task: str, image_size: int = 128, share: SeededSimOracle | None = None):
