@@ -274,6 +274,31 @@ def test_goal_input_generate_matches_teacher_forcing_and_needs_the_goal():
         _model().generate(feats, max_len=5, goal=goal)
 
 
+def test_goals_from_simulator_reads_meta_world_goals_per_demo_seed():
+    """A multi-task goal-reading model needs a goal for every task's demos: Meta-World's come from its target
+    position, per demo seed, as the planner's SimGoal reads them; datasets that have goals keep them."""
+    from types import SimpleNamespace
+
+    from relam.envs import make_task
+    from relam.models.train_anticipation import goals_from_simulator
+    from relam.rl.planners import goal_features
+
+    kept = np.ones((2, 3), np.float32)
+    data = {"drawer-open": SimpleNamespace(goals=None, seeds=np.array([3, 4])),
+            "button-press-wall": SimpleNamespace(goals=kept, seeds=np.array([3, 4]))}
+    goals_from_simulator(data, 128)
+    got = data["drawer-open"].goals
+    assert got.shape == (2, 3) and got.dtype == np.float32 and data["button-press-wall"].goals is kept
+    task = make_task("drawer-open", image_size=128)
+    try:
+        for row, seed in zip(got, (3, 4)):
+            task.reset(seed)
+            np.testing.assert_allclose(row, goal_features(task.camera(), task.goal_position()), atol=1e-6)
+    finally:
+        task.close()
+    assert np.abs(got[0] - got[1]).max() > 1e-3
+
+
 def test_shift_augment_moves_the_goal_pixel_with_the_frame_but_not_its_depth():
     from relam.models.train_anticipation import shift_samples
     s = Sample("toy", np.zeros((32, 32, 3), np.uint8), 0, np.full((2, 4, 2), 0.5, np.float32),
