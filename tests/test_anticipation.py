@@ -274,12 +274,11 @@ def test_goal_input_generate_matches_teacher_forcing_and_needs_the_goal():
         _model().generate(feats, max_len=5, goal=goal)
 
 
-def test_goals_from_simulator_reads_meta_world_goals_per_demo_seed():
+def test_goals_from_simulator_reads_meta_world_goals_per_demo_seed(task_cache):
     """A multi-task goal-reading model needs a goal for every task's demos: Meta-World's come from its target
     position, per demo seed, as the planner's SimGoal reads them; datasets that have goals keep them."""
     from types import SimpleNamespace
 
-    from relam.envs import make_task
     from relam.models.train_anticipation import goals_from_simulator
     from relam.rl.planners import goal_features
 
@@ -289,13 +288,10 @@ def test_goals_from_simulator_reads_meta_world_goals_per_demo_seed():
     goals_from_simulator(data, 128)
     got = data["drawer-open"].goals
     assert got.shape == (2, 3) and got.dtype == np.float32 and data["button-press-wall"].goals is kept
-    task = make_task("drawer-open", image_size=128)
-    try:
-        for row, seed in zip(got, (3, 4)):
-            task.reset(seed)
-            np.testing.assert_allclose(row, goal_features(task.camera(), task.goal_position()), atol=1e-6)
-    finally:
-        task.close()
+    task = task_cache("drawer-open")
+    for row, seed in zip(got, (3, 4)):
+        task.reset(seed)
+        np.testing.assert_allclose(row, goal_features(task.camera(), task.goal_position()), atol=1e-6)
     assert np.abs(got[0] - got[1]).max() > 1e-3
 
 
