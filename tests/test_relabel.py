@@ -337,6 +337,54 @@ def test_goal_observation_appends_the_tasks_goal_offline_and_online(tmp_path):
         MetaWorldTask.goal_of_state(object.__new__(MetaWorldTask), np.zeros(39))
 
 
+def test_objects_subgoal_observation_hides_the_robot_keypoints_subgoal_in_training_and_evaluation(tmp_path,
+                                                                                                   monkeypatch):
+    import relam.rl.iql as iql_mod
+    from relam.rl.iql import flat_observation, observed_subgoal, transitions
+
+    kp, sg, st = np.linspace(0, 1, 8), np.full(8, 0.5), np.ones(4)
+    mask = np.array([False, False, False, True])                      # robot x3, cube x1 (PushCube's parts)
+    x = flat_observation(kp, sg, st, mask)
+    assert x.shape == flat_observation(kp, sg, st).shape == (28,)     # same layout as the full observation
+    assert not x[8:14].any() and not x[16:22].any()                   # the robot's subgoal and difference
+    np.testing.assert_array_equal(x[14:16], sg[6:8])
+    np.testing.assert_allclose(x[22:24], sg[6:8] - kp[6:8])
+    moved_robot, moved_cube = sg.copy(), sg.copy()
+    moved_robot[:6] += 0.2
+    moved_cube[6:] += 0.2
+    np.testing.assert_array_equal(flat_observation(kp, moved_robot, st, mask), x)
+    assert not np.array_equal(flat_observation(kp, moved_cube, st, mask), x)
+    with pytest.raises(ValueError, match="subgoal mask has 3 keypoints"):
+        flat_observation(kp, sg, st, mask[:3])
+
+    seen = []
+    original = iql_mod.evaluate
+    monkeypatch.setattr(iql_mod, "evaluate", lambda *a, **k: seen.append(k["with_subgoal"]) or original(*a, **k))
+    cfg, res, rd = _smoke_iql_run(tmp_path, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  subgoal_observation="objects")
+    np.testing.assert_array_equal(observed_subgoal(cfg, "PushCube", "relam-gt"), mask)
+    assert json.loads((rd / "config.json").read_text())["iql"]["subgoal_observation"] == "objects"
+    assert seen and all(np.array_equal(s, mask) for s in seen)       # evaluated with the mask it trained with
+    data = transitions(cfg.out / "relabelled" / "PushCube" / "relam-gt.npz", "reward", with_subgoal=mask)
+    assert data["observations"].shape[1] == 28 and not data["observations"][:, 8:14].any()
+    assert data["observations"][:, 14:16].any()
+    # for generated plans only: relam / env-reward observe the objects' subgoal, relam-gt (exact plans) all of it
+    cfg.iql.subgoal_observation, cfg.iql.subgoal_observation_generated = True, "objects"
+    assert observed_subgoal(cfg, "PushCube", "relam-gt") is True
+    for method in ("relam", "env-reward"):
+        np.testing.assert_array_equal(observed_subgoal(cfg, "PushCube", method), mask)
+        assert iql_mod._iql_settings(cfg.iql, method)["subgoal_observation"] == "objects"   # a run config's "iql"
+    gt_config = iql_mod.run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    assert "subgoal_observation" not in gt_config and "subgoal_observation_generated" not in gt_config
+    cfg.iql.subgoal_lift = True
+    with pytest.raises(ValueError, match="observes 'objects'"):
+        iql_mod.train_run(cfg, "PushCube", "relam", 0)
+    cfg.iql.subgoal_lift, cfg.iql.subgoal_observation_generated = False, "robot"
+    with pytest.raises(ValueError, match="choose true, false or 'objects'"):
+        iql_mod.train_run(cfg, "PushCube", "relam", 0)
+    assert (rd / "model.pt").exists()                                  # refused before it touched the finished run
+
+
 def test_a_policy_without_the_subgoal_observation_trains_evaluates_and_ignores_the_subgoal(tmp_path):
     from relam.rl.iql import flat_observation, run_config, transitions
     from relam.rl.mc_awr import load_policy

@@ -131,14 +131,25 @@ class IQLConfig:
     mc_dropout: float = 0.1
     """'awr-mc' only: dropout in the policy's hidden layers (ours; without it the policy overfits late, see
     ``relam.rl.mc_awr``)."""
-    subgoal_observation: bool = True
+    subgoal_observation: bool | str = True
     """Whether the policy observes the current subgoal (and its difference to the keypoints) beside the keypoints
-    and state: True (the paper's subgoal-conditioned policy) or False (ours): the plan then acts on the policy only
-    through the relabelled reward, i.e. the advantage weights. Why: the expert itself does not pass PickCube's
-    GENERATED subgoals (on the ``cpu`` offline data half of the successful trajectories never pass the first one), so
-    the policy sees a subgoal that says little about where it is in the task. True in every profile: on PickCube
-    (ablation ``no-subgoal-obs``, chunks of 4, 3 seeds, 40k, final models) ``relam`` 33.3 -> 50.0 %, ``env-reward``
-    40.0 -> 56.7, but ``relam-gt`` 73.3 -> 53.3 (README stage 06)."""
+    and state: True (the paper's subgoal-conditioned policy), 'objects' (ours: only the OBJECT keypoints' subgoal;
+    the robot keypoints' subgoal entries are zero, so the vector keeps its layout; ``observed_subgoal``) or False
+    (ours): the plan then acts on the policy only through the relabelled reward, i.e. the advantage weights. Why
+    False: the expert itself does not pass PickCube's GENERATED subgoals (on the ``cpu`` offline data half of the
+    successful trajectories never passed the first one, before 2026-12-03), so the policy sees a subgoal that says
+    little about where it is in the task. True in every profile: on PickCube (ablation ``no-subgoal-obs``, chunks of
+    4, 3 seeds, 40k, final models) ``relam`` 33.3 -> 50.0 %, ``env-reward`` 40.0 -> 56.7, but ``relam-gt``
+    73.3 -> 53.3 (README stage 06)."""
+    subgoal_observation_generated: bool | str | None = None
+    """``subgoal_observation`` for GENERATED plans (methods 'relam' and 'env-reward'; ours); None (the default):
+    ``subgoal_observation``. Why 'objects' for them: a generated plan's robot part is its imprecise part (PickCube:
+    the grasp subgoal's robot keypoints 4-7 px off, the cube's ~3 px) and a policy conditioned on it learns to follow
+    an arm pose its data did not take, while the object's subgoal says where the object must go and the current
+    keypoints still show the arm. Ground-truth plans are exact, and there the robot part is worth keeping: PickCube
+    ``relam-gt`` seed 0 with 'objects' 64 % over 100 states against 89 %. Measured at ``cpu`` (2026-12-05, 40k, final
+    models, 100 states 1 000 000-049 and 1 000 100-149): PickCube ``relam`` over 6 seeds 61.0 -> 67.7 % (worst seed
+    41 -> 61), ``env-reward`` seeds 0-1 73 -> 77 (README stage 06)."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
@@ -147,14 +158,42 @@ class IQLConfig:
     on PushCube all three methods stay at 100 % (README stage 06)."""
 
 
-def flat_observation(keypoints, subgoal, state, with_subgoal: bool = True) -> np.ndarray:
+def flat_observation(keypoints, subgoal, state, with_subgoal=True) -> np.ndarray:
     """The keypoint-only observation vector: keypoints 2K, subgoal 2K, subgoal - keypoints 2K, state S; without the
-    subgoal (``iql.subgoal_observation: false``) keypoints and state only, (..., 2K + S)."""
+    subgoal (``with_subgoal`` False, ``iql.subgoal_observation: false``) keypoints and state only, (..., 2K + S).
+    ``with_subgoal`` may also be a (K,) bool mask of the keypoints whose subgoal is observed (``observed_subgoal``):
+    the others' subgoal and difference entries are zero."""
     kp, st = np.asarray(keypoints, np.float32), np.asarray(state, np.float32)
-    if not with_subgoal:
+    if with_subgoal is False:
         return np.concatenate([kp, st], -1)
     sg = np.asarray(subgoal, np.float32)
-    return np.concatenate([kp, sg, sg - kp, st], -1)
+    diff = sg - kp
+    if with_subgoal is not True:
+        seen = np.repeat(np.asarray(with_subgoal, bool), 2)
+        if seen.shape != sg.shape[-1:]:
+            raise ValueError(f"subgoal mask has {len(seen) // 2} keypoints but the plan has {sg.shape[-1] // 2}")
+        sg, diff = np.where(seen, sg, np.float32(0)), np.where(seen, diff, np.float32(0))
+    return np.concatenate([kp, sg, diff, st], -1)
+
+
+def subgoal_view(c: IQLConfig, method: str):
+    """The ``subgoal_observation`` that holds for ``method``'s plans: ``subgoal_observation_generated`` for the
+    generated ones ('relam', 'env-reward') where it is set."""
+    generated = _source(method)[0] != "relam-gt"
+    return c.subgoal_observation_generated if generated and c.subgoal_observation_generated is not None \
+        else c.subgoal_observation
+
+
+def observed_subgoal(cfg, task: str, method: str):
+    """``flat_observation``'s ``with_subgoal`` for ``method`` on ``task`` (``subgoal_view``): True, False, or for
+    'objects' the (K,) mask of ``task``'s object keypoints (robot keypoints, part 0, are not observed)."""
+    value = subgoal_view(cfg.iql, method)
+    if value is True or value is False:
+        return value
+    if value != "objects":
+        raise ValueError(f"unknown iql.subgoal_observation {value!r}; choose true, false or 'objects'")
+    from relam.rl.ppo import keypoint_parts
+    return keypoint_parts(cfg, task) != 0
 
 
 def downscale(images: np.ndarray, size: int) -> np.ndarray:
@@ -319,7 +358,7 @@ def training_mask(c: IQLConfig, npz_path: Path | str, reward_key: str, success_b
 
 
 def transitions(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
-                success_bonus: float = 10.0, keep: np.ndarray | None = None, with_subgoal: bool = True) -> dict:
+                success_bonus: float = 10.0, keep: np.ndarray | None = None, with_subgoal=True) -> dict:
     """The learners' arrays of a relabelled file (``relam.rl.relabel``): observations, actions, rewards,
     terminals, timeouts, episode (trajectory id) and noisy (whether the trajectory is a noisy one). ``images``
     (per transition, from ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives
@@ -371,7 +410,7 @@ def make_algo(c: IQLConfig, seed: int):
 
 
 def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int = EVAL_SEED_OFFSET,
-             with_subgoal: bool = True, per_episode: bool = False) -> dict:
+             with_subgoal=True, per_episode: bool = False) -> dict:
     """Greedy IQL policy on held-out initial states from task seed ``seed_offset`` on
     (``relam.rl.runs.evaluate_policy``); ``image_size`` for a 'pixels' policy (the env must then yield
     ``obs['image']``); ``with_subgoal`` False for a policy trained without the subgoal in its observation."""
@@ -384,14 +423,16 @@ def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offse
                            per_episode=per_episode)
 
 
-def _iql_settings(c: IQLConfig) -> dict:
+def _iql_settings(c: IQLConfig, method: str) -> dict:
     d = asdict(c) | {"tasks": None, "methods": None, "seeds": None, "workers": None}
     del d["reeval_episodes"]           # played after training: does not define a run
+    d["subgoal_observation"] = subgoal_view(c, method)   # resolved for the method's plans
+    del d["subgoal_observation_generated"]
     if c.trajectory_filter == "none":  # runs made before the filter keep their config
         del d["trajectory_filter"]
     if not c.subgoal_lift:             # runs made before the lift keep their config
         del d["subgoal_lift"]
-    if c.subgoal_observation:          # runs made before the option keep their config
+    if d["subgoal_observation"] is True:   # runs made before the option keep their config
         del d["subgoal_observation"]
     if not c.goal_observation:         # runs made before the option keep their config
         del d["goal_observation"]
@@ -420,7 +461,7 @@ def run_config(cfg, task: str, method: str, seed: int) -> dict:
     from relam.rl.ppo import perception_setting, plan_setting, reward_setting
     env_form = {"env_reward": "dense - 1 + success bonus"} if method == "env-reward" else {}
     return {"task": task, "method": method, "seed": seed, "algo": "iql", **env_form,
-            "iql": _iql_settings(cfg.iql),
+            "iql": _iql_settings(cfg.iql, method),
             "reward": reward_setting(cfg, task, method != "relam-gt", cfg.iql.anticipation_run),
             **plan_setting(cfg, task, method, cfg.iql.anticipation_run), **perception_setting(cfg, task),
             "profile": cfg.profile}
@@ -497,9 +538,11 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
                           ("observation", ("keypoints", "pixels"))):
         _check_choice(c, name, choices)
-    if c.subgoal_lift and not c.subgoal_observation:
-        raise ValueError("iql.subgoal_lift adds the lifted SUBGOAL to the observation, so it needs "
-                         "iql.subgoal_observation: true; switch one of them off")
+    with_subgoal = observed_subgoal(cfg, task, method)
+    if c.subgoal_lift and subgoal_view(c, method) is not True:
+        raise ValueError(f"iql.subgoal_lift adds the lifted (robot) SUBGOAL to the observation, so it needs the whole "
+                         f"subgoal observed, but {method!r} observes {subgoal_view(c, method)!r} "
+                         f"(iql.subgoal_observation / subgoal_observation_generated); switch one of them off")
     Learner = _MCLearner if c.learner == "awr-mc" else _D3Learner
     run_dir = run_dir_of(cfg, task, method, seed)
     ckpt_path, model_path = run_dir / f"checkpoint{Learner.ext}", run_dir / f"model{Learner.ext}"
@@ -518,7 +561,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
     bonus = cfg.reward.for_task(task).success_bonus
     keep = training_mask(c, data_path, reward_key, bonus)
-    data = transitions(data_path, reward_key, images, bonus, keep, c.subgoal_observation)
+    data = transitions(data_path, reward_key, images, bonus, keep, with_subgoal)
     del images
     if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
@@ -551,7 +594,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
         steps_done += n * c.steps_per_epoch
         res = evaluate_with_validation(
             lambda n, offset: evaluate(policy, env, n, c.image_size if pixels else None, seed_offset=offset,
-                                       with_subgoal=c.subgoal_observation),
+                                       with_subgoal=with_subgoal),
             c.eval_episodes, c.validation_episodes)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
@@ -640,8 +683,8 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
             data_path = relabel_dataset(cfg, task, source, planner=planner, progress=False,
                                         anticipation_run=c.anticipation_run)
             policy = LiftedPolicy(policy, _subgoal_lift(c, run_dir, data_path, env, seed))
-        res = evaluate(policy, env, episodes, c.image_size if pixels else None, with_subgoal=c.subgoal_observation,
-                       per_episode=True)
+        res = evaluate(policy, env, episodes, c.image_size if pixels else None,
+                       with_subgoal=observed_subgoal(cfg, task, method), per_episode=True)
     finally:
         env.close()
         planner.close()
