@@ -146,10 +146,10 @@ class IQLConfig:
     ``subgoal_observation``. Why 'objects' for them: a generated plan's robot part is its imprecise part (PickCube:
     the grasp subgoal's robot keypoints 4-7 px off, the cube's ~3 px) and a policy conditioned on it learns to follow
     an arm pose its data did not take, while the object's subgoal says where the object must go and the current
-    keypoints still show the arm. Ground-truth plans are exact, and there the robot part is worth keeping: PickCube
-    ``relam-gt`` seed 0 with 'objects' 64 % over 100 states against 89 %. Measured at ``cpu`` (2026-12-05, 40k, final
-    models, 100 states 1 000 000-049 and 1 000 100-149): PickCube ``relam`` over 6 seeds 61.0 -> 67.7 % (worst seed
-    41 -> 61), ``env-reward`` (3 seeds) 70.0 -> 76.0, PushCube ``relam`` 94.3 -> 96.3 (README stage 06)."""
+    keypoints still show the arm. Measured at ``cpu`` (2026-12-05, 40k, final models, 100 states 1 000 000-049 and
+    1 000 100-149): PickCube ``relam`` over 6 seeds 61.0 -> 67.7 % (worst seed 41 -> 61), ``env-reward`` (3 seeds)
+    70.0 -> 76.0, PushCube ``relam`` 94.3 -> 96.3. Ground-truth plans are exact, and there the robot part is worth
+    keeping: PickCube ``relam-gt`` (3 seeds) with 'objects' 64.0 % against 84.3 (README stage 06)."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
