@@ -220,13 +220,13 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     if cfg is not None and cfg.iql.goal_observation:
         departures.append("ManiSkill policies also observe the task's goal position, ManiSkill's `goal_pos` "
                           "(`iql.goal_observation: true`; ours, a reading of the paper's observation).")
-    if cfg is not None and cfg.iql.subgoal_observation_generated not in (None, cfg.iql.subgoal_observation):
-        departures.append("ManiSkill policies of generated plans (`relam`, `env-reward`) observe "
-                          + {"objects": "only the object keypoints' part of the subgoal",
-                             False: "no subgoal", True: "the whole subgoal"}.get(
-                              cfg.iql.subgoal_observation_generated, f"{cfg.iql.subgoal_observation_generated!r}")
-                          + f" (`iql.subgoal_observation_generated: {cfg.iql.subgoal_observation_generated}`; ours); "
-                          "`relam-gt` observes its exact plans' whole subgoal.")
+    generated_view = None if cfg is None else cfg.iql.subgoal_observation_generated
+    if generated_view is not None and generated_view != cfg.iql.subgoal_observation:
+        seen = {"objects": "only the object keypoints' part of the subgoal", False: "no subgoal",
+                True: "the whole subgoal"}.get(generated_view, repr(generated_view))
+        departures.append(f"ManiSkill policies of generated plans (`relam`, `env-reward`) observe {seen} "
+                          f"(`iql.subgoal_observation_generated: {generated_view}`; ours); `relam-gt` observes its "
+                          "exact plans' whole subgoal.")
     reads_goal = [] if cfg is None else [t for t in dict.fromkeys([*cfg.ppo.tasks, *cfg.iql.tasks])
                                          if cfg.anticipation.for_task(t).model.goal_input]
     if reads_goal:

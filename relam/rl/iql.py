@@ -541,7 +541,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
                           ("observation", ("keypoints", "pixels"))):
         _check_choice(c, name, choices)
     with_subgoal = observed_subgoal(cfg, task, method)
-    if c.subgoal_lift and subgoal_view(c, method) is not True:
+    if c.subgoal_lift and with_subgoal is not True:
         raise ValueError(f"iql.subgoal_lift adds the lifted (robot) SUBGOAL to the observation, so it needs the whole "
                          f"subgoal observed, but {method!r} observes {subgoal_view(c, method)!r} "
                          f"(iql.subgoal_observation / subgoal_observation_generated); switch one of them off")
