@@ -52,10 +52,28 @@ def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
                        selected_step=r.get("selected_step", r["steps"]),
                        seconds=r.get("seconds_this_session"),
                        steps_per_second=r.get("steps_per_second", r.get("train_steps_per_second")))
+            want = cfg.iql.reeval_episodes if cfg is not None and task in cfg.iql.tasks else None
+            row.update(_reevaluation(rd, res.stat().st_mtime_ns, want))
         rows.append(row)
     return pd.DataFrame(rows, columns=["task", "method", "seed", "finished", "stale", "success", "last_subgoal",
                                        "final_success", "selected_step", "steps", "seconds", "steps_per_second",
-                                       "dir"])
+                                       "reeval_success", "reeval_episodes", "dir"])
+
+
+def _reevaluation(run_dir: Path, results_mtime_ns: int, episodes: int | None) -> dict:
+    """The run's re-evaluation on more states (``relam.rl.iql.reevaluate_run``'s ``reeval<N>.json``) if one was
+    made of its CURRENT results (a retrained run's old file is ignored): N = ``episodes`` (the profile's
+    ``iql.reeval_episodes``; 0 or None without a profile: the largest N found)."""
+    found = {}
+    for path in run_dir.glob("reeval*.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("key", {}).get("results_mtime_ns") == results_mtime_ns and "success_rate" in r:
+            found[int(r["key"].get("episodes", r.get("episodes", 0)))] = r["success_rate"]
+    n = episodes if episodes else max(found, default=None)
+    return {"reeval_success": found[n], "reeval_episodes": n} if n in found else {}
 
 
 def eval_curves(out: Path | str, cfg=None) -> pd.DataFrame:
@@ -135,7 +153,8 @@ def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] 
     checkpoint selected on validation states where the run selects, else the final one): mean over the
     FINISHED seeds with a 95 % bootstrap CI; ``expected_seeds`` (per task, or one list) says which seeds the
     profile asks for, and a cell with any of them unfinished or absent is flagged ``complete=False`` with the
-    missing seeds listed; it is never silently averaged over fewer seeds."""
+    missing seeds listed; it is never silently averaged over fewer seeds. ``reeval_*``: the same over each seed's
+    re-evaluation on more states (``find_runs``; NaN unless every finished seed has one on the same number)."""
     rows = []
     for (task, method), g in runs[runs["task"].isin(tasks)].groupby(["task", "method"], sort=False):
         done = g[g["finished"]]
@@ -145,27 +164,39 @@ def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] 
         stale = sorted(set(g.loc[g["stale"].fillna(False).astype(bool), "seed"]) & set(missing))
         succ = 100 * done["success"].to_numpy(float)
         lo, hi = bootstrap_ci(succ)
+        # more states per seed where every finished seed was re-evaluated on the same number of them
+        re_n = done["reeval_episodes"].dropna().unique() if "reeval_episodes" in done else []
+        re = 100 * done["reeval_success"].to_numpy(float) if len(done) and len(re_n) == 1 and \
+            done["reeval_success"].notna().all() else np.array([])
+        re_lo, re_hi = bootstrap_ci(re)
         rows.append({"task": task, "method": method, "success_mean": float(succ.mean()) if succ.size else np.nan,
                      "ci_low": lo, "ci_high": hi, "n_seeds": int(len(done)), "n_expected": len(want),
                      "missing_seeds": missing, "stale_seeds": stale, "complete": not missing,
                      "last_subgoal_mean": float(100 * done["last_subgoal"].mean()) if len(done) else np.nan,
                      "seeds": sorted(done["seed"].tolist()), "per_seed": succ.round(1).tolist(),
-                     "steps": int(done["steps"].max()) if len(done) else 0})
+                     "steps": int(done["steps"].max()) if len(done) else 0,
+                     "reeval_mean": float(re.mean()) if re.size else np.nan, "reeval_ci_low": re_lo,
+                     "reeval_ci_high": re_hi, "reeval_episodes": int(re_n[0]) if re.size else 0,
+                     "reeval_per_seed": re.round(1).tolist()})
     cols = ["task", "method", "success_mean", "ci_low", "ci_high", "n_seeds", "n_expected", "missing_seeds",
-            "stale_seeds", "complete", "last_subgoal_mean", "seeds", "per_seed", "steps"]
+            "stale_seeds", "complete", "last_subgoal_mean", "seeds", "per_seed", "steps", "reeval_mean",
+            "reeval_ci_low", "reeval_ci_high", "reeval_episodes", "reeval_per_seed"]
     df = pd.DataFrame(rows, columns=cols)
     rank = {t: i for i, t in enumerate(tasks)} | {m: i for i, m in enumerate(METHOD_ORDER)}
     return df.sort_values(["task", "method"], key=lambda s: s.map(lambda v: (rank.get(v, 99), v))
                           ).reset_index(drop=True)
 
 
-def format_cell(row, latex: bool = False) -> str:
-    """'mean [lo, hi]' with the seed count; incomplete cells are marked (n/expected seeds, missing listed)."""
+def format_cell(row, latex: bool = False, reeval: bool = False) -> str:
+    """'mean [lo, hi]' with the seed count; incomplete cells are marked (n/expected seeds, missing listed).
+    ``reeval``: of the re-evaluation on more states (``table4``'s ``reeval_*``) instead."""
     if row["n_seeds"] == 0:
         return "—" if not latex else "--"
-    pm = f"{row['success_mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
+    mean, lo, hi = (row[k] for k in (("reeval_mean", "reeval_ci_low", "reeval_ci_high") if reeval else
+                                     ("success_mean", "ci_low", "ci_high")))
+    pm = f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
     if latex:
-        pm = f"{row['success_mean']:.1f} \\scriptsize{{[{row['ci_low']:.1f}, {row['ci_high']:.1f}]}}"
+        pm = f"{mean:.1f} \\scriptsize{{[{lo:.1f}, {hi:.1f}]}}"
     if not row["complete"]:
         seeds = ",".join(map(str, row["missing_seeds"]))
         if row.get("stale_seeds"):
@@ -189,6 +220,24 @@ def table4_wide(long: pd.DataFrame, tasks: list[str] = TABLE4_TASKS, latex: bool
         wide[m] = col
     for name in ["ReLAM", "Oracle", "Diffusion Reward", "DACfO", "IS"]:
         wide[f"paper {name}"] = [f"{PAPER_TABLE4[t][name]:.1f}" if t in PAPER_TABLE4 else "" for t in tasks]
+    wide.index.name = "task"
+    return wide
+
+
+def reeval_wide(long: pd.DataFrame, tasks: list[str] = TABLE4_TASKS, latex: bool = False,
+                 learner: str = "iql") -> pd.DataFrame:
+    """Rows: the tasks with re-evaluations (``table4``'s ``reeval_*``); columns: the methods; cells 'mean [lo, hi]'
+    over seeds, flagged like Table 4's where seeds are missing. Empty where nothing was re-evaluated."""
+    have = long[long["reeval_episodes"] > 0]
+    methods = [m for m in METHOD_ORDER if m in set(have["method"])] + sorted(set(have["method"]) - set(METHOD_ORDER))
+    rows = [t for t in tasks if t in set(have["task"])]
+    wide = pd.DataFrame(index=[table4_label(t, learner) for t in rows])
+    for m in methods:
+        col = []
+        for t in rows:
+            r = have[(have["task"] == t) & (have["method"] == m)]
+            col.append(format_cell(r.iloc[0], latex, reeval=True) if len(r) else ("—" if not latex else "--"))
+        wide[m] = col
     wide.index.name = "task"
     return wide
 
@@ -243,14 +292,27 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
                      "finished seeds only and flagged. paper = Table 4 of the paper (its ManiSkill rows are IQL's).",
                      *departures])
     md = f"{note}\n\n" + _markdown(wide) + "\n"
+    re_wide, re_note = reeval_wide(long, learner=learner), ""
+    if len(re_wide):
+        counts = sorted(set(long.loc[long["reeval_episodes"] > 0, "reeval_episodes"]))
+        own = f"they start with the table's {cfg.iql.eval_episodes}" if cfg is not None else \
+            "they start with the table's"
+        re_note = (f"The same models played on {' / '.join(map(str, counts))} evaluation states per seed ({own}; "
+                   "`iql.reeval_episodes`, notebook 06): success %, mean over seeds [95 % bootstrap CI]. More states "
+                   "per seed than the table above, so less of the luck of which states were drawn.")
+        md += f"\n{re_note}\n\n" + _markdown(re_wide) + "\n"
     csv = long.assign(missing_seeds=long["missing_seeds"].map(lambda s: " ".join(map(str, s))),
                       stale_seeds=long["stale_seeds"].map(lambda s: " ".join(map(str, s))),
                       seeds=long["seeds"].map(lambda s: " ".join(map(str, s))),
-                      per_seed=long["per_seed"].map(lambda s: " ".join(map(str, s)))).to_csv(index=False,
-                                                                                             float_format="%.2f")
+                      per_seed=long["per_seed"].map(lambda s: " ".join(map(str, s))),
+                      reeval_per_seed=long["reeval_per_seed"].map(lambda s: " ".join(map(str, s)))
+                      ).to_csv(index=False, float_format="%.2f")
     tex_wide = table4_wide(long, latex=True, learner=learner)
     tex = ("% " + note.replace("⚠", "dagger") + "\n" +
            tex_wide.to_latex(escape=False, column_format="l" + "c" * len(tex_wide.columns)))
+    if re_note:
+        tex_re = reeval_wide(long, latex=True, learner=learner)
+        tex += "\n% " + re_note + "\n" + tex_re.to_latex(escape=False, column_format="l" + "c" * len(tex_re.columns))
     paths = {"md": dest / "table4.md", "csv": dest / "table4.csv", "tex": dest / "table4.tex"}
     for key, text in (("md", md), ("csv", csv), ("tex", tex)):
         atomic_write_text(paths[key], text)

@@ -200,3 +200,52 @@ def test_table4_says_when_ppo_explores_with_gsde(tmp_path):
                                 "ppo": {"seeds": [0], "use_sde": True, "sde_sample_freq": 4, "log_std_init": -2.0}})
     md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
     assert "`ppo.use_sde: true`, `sde_sample_freq: 4`, `log_std_init: -2`" in md
+
+
+def _reeval(out, task, method, seed, success, episodes, current=True):
+    rd = out / "runs" / task / method / f"seed{seed}"
+    mtime = (rd / "results.json").stat().st_mtime_ns + (0 if current else 1)
+    (rd / f"reeval{episodes}.json").write_text(json.dumps(
+        {"success_rate": success, "episodes": episodes, "key": {"results_mtime_ns": mtime, "episodes": episodes}}))
+
+
+def test_table4_adds_the_reevaluation_on_more_states_only_where_every_seed_has_a_current_one(tmp_path):
+    from relam.config import load_config
+    from relam.report import expected_config
+
+    for s, (v, re) in enumerate([(1.0, 0.8), (0.5, 0.6), (0.0, 0.4)]):
+        _run(tmp_path, "PickCube", "relam", s, v)
+        _reeval(tmp_path, "PickCube", "relam", s, re, 50)
+        _reeval(tmp_path, "PickCube", "relam", s, 0.0, 20)          # another count: not the profile's
+    for s in range(3):
+        _run(tmp_path, "PickCube", "relam-gt", s, 1.0)
+        _reeval(tmp_path, "PickCube", "relam-gt", s, 0.9, 50, current=(s != 1))   # seed 1 retrained since
+    _run(tmp_path, "PushCube", "relam", 0, 1.0)                   # never re-evaluated
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "iql": {"seeds": [0, 1, 2], "reeval_episodes": 50}})
+    cfg.iql.tasks = ["PushCube", "PickCube"]
+    for rd in tmp_path.glob("runs/*/*/seed*"):   # runs of this profile, so that they count as current
+        (rd / "config.json").write_text(json.dumps(expected_config(cfg, rd.parent.parent.name, rd.parent.name,
+                                                                   int(rd.name[4:]))))
+    runs = find_runs(tmp_path).set_index(["task", "method", "seed"]).sort_index()
+    assert runs.loc[("PickCube", "relam", 0), "reeval_episodes"] == 50     # without a profile: the most states
+    assert np.isnan(runs.loc[("PickCube", "relam-gt", 1), "reeval_success"])   # a file from before a retrain
+    long = table4(find_runs(tmp_path, cfg), [0, 1, 2]).set_index(["task", "method"])
+    pick = long.loc[("PickCube", "relam")]
+    assert pick["success_mean"] == 50.0 and np.isclose(pick["reeval_mean"], 60.0) and pick["reeval_episodes"] == 50
+    assert pick["reeval_ci_low"] < 60.0 < pick["reeval_ci_high"] and pick["reeval_per_seed"] == [80.0, 60.0, 40.0]
+    assert np.isnan(long.loc[("PickCube", "relam-gt"), "reeval_mean"])   # one seed's is stale: no mixed cell
+    assert np.isnan(long.loc[("PushCube", "relam"), "reeval_mean"])
+    cfg.iql.reeval_episodes = 20
+    assert long.loc[("PickCube", "relam"), "reeval_mean"] != \
+        table4(find_runs(tmp_path, cfg), [0, 1, 2]).set_index(["task", "method"]).loc[("PickCube", "relam"), "reeval_mean"]
+    cfg.iql.reeval_episodes = 50
+    md = write_table4(tmp_path, [0, 1, 2], cfg=cfg)["md"].read_text()
+    main, extra = md.split("The same models played on 50 evaluation states")
+    assert "Pick Cube (MS, MC-AWR) | 50.0 [" in main and "60.0 [" not in main
+    assert "| Pick Cube (MS, MC-AWR) | 60.0 [" in extra and "Push Cube" not in extra
+    assert "they start with the table's 1;" in extra               # the smoke profile's eval_episodes
+    assert pd.read_csv(tmp_path / "table4.csv").set_index(["task", "method"]).loc[
+        ("PickCube", "relam"), "reeval_per_seed"] == "80.0 60.0 40.0"
+    assert "The same models played" in (tmp_path / "table4.tex").read_text()
+    (tmp_path / "runs" / "PickCube" / "relam" / "seed0" / "reeval50.json").unlink()
+    assert "The same models played" not in write_table4(tmp_path, [0, 1, 2], cfg=cfg)["md"].read_text()
