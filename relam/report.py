@@ -296,7 +296,7 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     if len(re_wide):
         counts = sorted(set(long.loc[long["reeval_episodes"] > 0, "reeval_episodes"]))
         own = f"they start with the table's {cfg.iql.eval_episodes}" if cfg is not None else \
-            "they start with the table's"
+            "they start with the table's own"
         re_note = (f"The same models played on {' / '.join(map(str, counts))} evaluation states per seed ({own}; "
                    "`iql.reeval_episodes`, notebook 06): success %, mean over seeds [95 % bootstrap CI]. More states "
                    "per seed than the table above, so less of the luck of which states were drawn.")
