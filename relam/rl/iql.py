@@ -148,7 +148,8 @@ class IQLConfig:
     an arm pose its data did not take, while the object's subgoal says where the object must go and the current
     keypoints still show the arm. Measured at ``cpu`` (2026-12-05, 40k, final models, 100 states 1 000 000-049 and
     1 000 100-149): PickCube ``relam`` over 6 seeds 61.0 -> 67.7 % (worst seed 41 -> 61), ``env-reward`` (3 seeds)
-    70.0 -> 76.0, PushCube ``relam`` 94.3 -> 96.3. Ground-truth plans are exact, and there the robot part is worth
+    70.0 -> 76.0, PushCube ``relam`` 94.3 -> 96.3; at the 100k steps of the profile since (3 seeds) PickCube ``relam``
+    74.0 -> 76.3. Ground-truth plans are exact, and there the robot part is worth
     keeping: PickCube ``relam-gt`` (3 seeds) with 'objects' 64.0 % against 84.3 (README stage 06)."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
