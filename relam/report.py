@@ -53,25 +53,28 @@ def find_runs(out: Path | str, cfg=None) -> pd.DataFrame:
                        seconds=r.get("seconds_this_session"),
                        steps_per_second=r.get("steps_per_second", r.get("train_steps_per_second")))
             want = cfg.iql.reeval_episodes if cfg is not None and task in cfg.iql.tasks else None
-            row.update(_reevaluation(rd, res.stat().st_mtime_ns, want))
+            row.update(_reevaluation(rd, want))
         rows.append(row)
     return pd.DataFrame(rows, columns=["task", "method", "seed", "finished", "stale", "success", "last_subgoal",
                                        "final_success", "selected_step", "steps", "seconds", "steps_per_second",
                                        "reeval_success", "reeval_episodes", "dir"])
 
 
-def _reevaluation(run_dir: Path, results_mtime_ns: int, episodes: int | None) -> dict:
+def _reevaluation(run_dir: Path, episodes: int | None) -> dict:
     """The run's re-evaluation on more states (``relam.rl.iql.reevaluate_run``'s ``reeval<N>.json``) if one was
-    made of its CURRENT results (a retrained run's old file is ignored): N = ``episodes`` (the profile's
-    ``iql.reeval_episodes``; 0 or None without a profile: the largest N found)."""
+    made of its CURRENT results (``reeval_key``: a retrained run's old file is ignored): N = ``episodes`` (the
+    profile's ``iql.reeval_episodes``; 0 or None without a profile: the largest N found)."""
+    from relam.rl.iql import reeval_key
+
     found = {}
     for path in run_dir.glob("reeval*.json"):
         try:
             r = json.loads(path.read_text())
-        except (OSError, ValueError):
+            n = int(r["key"]["episodes"])
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        if r.get("key", {}).get("results_mtime_ns") == results_mtime_ns and "success_rate" in r:
-            found[int(r["key"].get("episodes", r.get("episodes", 0)))] = r["success_rate"]
+        if r["key"] == reeval_key(run_dir / "results.json", n) and "success_rate" in r:
+            found[n] = r["success_rate"]
     n = episodes if episodes else max(found, default=None)
     return {"reeval_success": found[n], "reeval_episodes": n} if n in found else {}
 

@@ -640,6 +640,12 @@ def _subgoal_lift(c: IQLConfig, run_dir: Path, data_path: Path, env, seed: int) 
     return load_or_fit(run_dir / "lift.pt", fit)
 
 
+def reeval_key(results_path: Path, episodes: int) -> dict:
+    """The key that makes a ``reeval<episodes>.json`` current: the run's ``results.json`` as it was when the file was
+    played (a retrained run rewrites it), and the number of states."""
+    return {"results_mtime_ns": Path(results_path).stat().st_mtime_ns, "episodes": episodes}
+
+
 def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None = None) -> dict:
     """The model a FINISHED run reports (``selected`` with validation, else the final one) played on the first
     ``episodes`` (default ``iql.reeval_episodes``) evaluation states, a superset of the run's own. Written to
@@ -661,7 +667,7 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
                          f"(relam.rl.iql.train_run or notebook 06), then re-evaluate")
     results = json.loads(results_path.read_text())
     out = run_dir / f"reeval{episodes}.json"
-    key = {"results_mtime_ns": results_path.stat().st_mtime_ns, "episodes": episodes}
+    key = reeval_key(results_path, episodes)
     if out.exists():
         cached = json.loads(out.read_text())
         if cached.get("key") == key and "per_episode" in cached:   # files from before 'per_episode' are replayed
