@@ -19,7 +19,7 @@ import numpy as np
 import relam  # noqa: F401
 from relam.config import load_config
 from relam.envs.maniskill_tasks import STATE_LAYOUT as L
-from relam.rl.iql import flat_observation
+from relam.rl.iql import flat_observation, observed_subgoal
 from relam.rl.mc_awr import load_policy
 from relam.rl.ppo import make_env, make_planner
 from relam.rl.runs import EVAL_SEED_OFFSET
@@ -40,8 +40,11 @@ def main() -> None:
         raise SystemExit(f"{run / 'model.pt'} is missing: train the run first (notebook 06), with the awr-mc learner")
     settings = json.loads((run / "config.json").read_text())["iql"]
     goal_obs = bool(settings.get("goal_observation", False))
-    with_subgoal = bool(settings.get("subgoal_observation", True))
-    cfg = load_config(a.profile, {"results_dir": a.results_dir, "iql": {"goal_observation": goal_obs}})
+    # the run's subgoal view as its config resolved it for its method (True, False or 'objects')
+    view = settings.get("subgoal_observation", True)
+    cfg = load_config(a.profile, {"results_dir": a.results_dir, "iql": {
+        "goal_observation": goal_obs, "subgoal_observation": view, "subgoal_observation_generated": None}})
+    with_subgoal = observed_subgoal(cfg, "PickCube", a.method)
     source = "relam-gt" if a.method == "relam-gt" else "relam"
     env = make_env("PickCube", make_planner("PickCube", source, cfg, cfg.iql.anticipation_run), cfg,
                    image_obs=False, goal_obs=goal_obs)
@@ -63,7 +66,7 @@ def main() -> None:
             done = term or trunc
         rows.append((success, grasped, closest, speed))
         print(f"state {EVAL_SEED_OFFSET + i}: success {success}, grasped {grasped}, closest {closest * 100:.1f} cm "
-              f"(max joint speed there {speed:.2f} rad/s)", flush=True)
+              f"(max joint speed there {speed:.2f} rad/s), stage {info['stage']} of {info['num_stages']}", flush=True)
     r = np.array(rows, float)
     held = r[:, 1] == 1
     print(f"\n{a.method} seed {a.seed}, {a.episodes} states: success {r[:, 0].mean():.0%}, never grasped "

@@ -145,3 +145,33 @@ def test_a_chunked_learner_clones_acts_with_memory_and_loads_the_same(tmp_path):
     loaded = load_policy(tmp_path / "model.pt")
     loaded.reset()
     np.testing.assert_allclose([loaded.predict(o[None])[0] for o in obs[:5]], run, atol=1e-6)
+
+
+def test_an_ensemble_acts_on_its_members_mean_trains_each_on_its_own_rows_and_loads_the_same(tmp_path):
+    from relam.rl.mc_awr import _EnsembleNet
+    obs, actions, returns, good = _two_behaviours()
+    episode = np.repeat(np.arange(40), 10)   # as _two_behaviours' trajectories
+    ens = MCAWR(obs, actions, returns, hidden=(32,), learning_rate=3e-3, batch_size=64, beta=1.0, value_steps=300,
+                seed=0, members=3, chunk=2, episode=episode)
+    assert isinstance(ens.policy, _EnsembleNet) and ens.settings["members"] == 3
+    rows = ens._policy_batch()
+    assert rows.shape == (3, 64) and not torch.equal(rows[0], rows[1])   # each member its own minibatch
+    with torch.no_grad():
+        x = torch.as_tensor(obs[:5])
+        members = torch.tanh(ens.policy.eval()(x))                          # (3, 5, chunk * A)
+    assert not torch.allclose(members[0], members[1])                     # members start from their own weights
+    np.testing.assert_allclose(ens.predict(obs[:1]), members[:, 0].mean(0).view(2, -1)[0][None].numpy(), atol=1e-6)
+    ens.reset()
+    ens.fit(200)
+    ens.reset()
+    assert ens.predict(obs[good][:1]).mean() > 0.25                      # still clones the better behaviour
+    ens.save(tmp_path / "model.pt")
+    loaded, ens_again = load_policy(tmp_path / "model.pt"), MCAWR(
+        obs, actions, returns, hidden=(32,), learning_rate=3e-3, batch_size=64, beta=1.0, value_steps=300, seed=0,
+        members=3, chunk=2, episode=episode).load_state(tmp_path / "model.pt")
+    for policy in (loaded, ens_again):
+        policy.reset(), ens.reset()
+        np.testing.assert_allclose([policy.predict(o[None]) for o in obs[:4]], [ens.predict(o[None]) for o in obs[:4]],
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="keypoint observation only"):
+        MCAWR(np.zeros((4, 3 * 4 * 4 + 2), np.float32), np.zeros((4, 2)), np.zeros(4), image_size=4, members=2)

@@ -34,7 +34,7 @@ from relam.rl.runs import (EVAL_SEED_OFFSET, begin_run, evaluate_policy, evaluat
 METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
 IQL_ONLY = ("tau", "expectile", "temperature")   # settings of the TD learner, not of the cloning learners
-MC_ONLY = ("mc_beta", "value_steps", "mc_dropout", "mc_chunk")
+MC_ONLY = ("mc_beta", "value_steps", "mc_dropout", "mc_chunk", "mc_members")
 TRAJECTORY_FILTERS = ("none", "successful")
 
 
@@ -157,6 +157,12 @@ class IQLConfig:
     ``no-chunks`` ablation). 4 in the ``cpu`` and ``smoke`` profiles: on PickCube (3 seeds, 40k, final models) chunks
     of 4 lift ``relam-gt`` from 53.3 to 73.3 % and leave ``relam`` (33.3) and ``env-reward`` (40.0) where they were;
     on PushCube all three methods stay at 100 % (README stage 06)."""
+    mc_members: int = 1
+    """'awr-mc' only (ours): the policy is an ensemble of this many MLPs, each started from its own weights and fed
+    its own minibatches, acting on the mean of their actions (``relam.rl.mc_awr._EnsembleNet``; the value net stays
+    one). Why: cloning from ~130 successful trajectories leaves each policy with errors of its own (PickCube's seeds
+    differ by up to 20 points on the same 50 states), and averaging policies cancels what they do not share.
+    1: one policy (runs made before the option keep their config)."""
 
 
 def flat_observation(keypoints, subgoal, state, with_subgoal=True) -> np.ndarray:
@@ -456,6 +462,8 @@ def _iql_settings(c: IQLConfig, method: str) -> dict:
             del d[k]
         if c.mc_chunk == 1:            # runs made before the option keep their config
             del d["mc_chunk"]
+        if c.mc_members == 1:          # runs made before the option keep their config
+            del d["mc_members"]
     return d
 
 
@@ -508,7 +516,7 @@ class _MCLearner:
                           hidden=c.hidden, learning_rate=c.learning_rate, batch_size=c.batch_size, beta=c.mc_beta,
                           max_weight=c.max_weight, value_steps=c.value_steps,
                           image_size=c.image_size if c.observation == "pixels" else None, dropout=c.mc_dropout,
-                          seed=seed, chunk=c.mc_chunk, episode=data["episode"])
+                          seed=seed, chunk=c.mc_chunk, episode=data["episode"], members=c.mc_members)
         if checkpoint:
             self.algo.load_state(checkpoint)
 

@@ -126,13 +126,38 @@ class _Net(nn.Module):
         return self.head(h)
 
 
+class _EnsembleNet(nn.Module):
+    """``members`` MLPs over the keypoint vector with the layout of ``_Net``'s, evaluated together (batched matrix
+    products: on a CPU the small MLP's cost is mostly per-operation overhead, which the members share). Input (B, D)
+    goes to every member, (E, B, D) gives each member its own rows; output (E, B, out)."""
+
+    def __init__(self, obs_dim: int, out_dim: int, hidden: list[int], members: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_img, self.members, self.p = 0, int(members), float(dropout)
+        sizes = [obs_dim] + list(hidden) + [out_dim]
+        self.weight, self.bias = nn.ParameterList(), nn.ParameterList()
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            layers = [nn.Linear(d_in, d_out) for _ in range(self.members)]   # each member starts as nn.Linear does
+            self.weight.append(nn.Parameter(torch.stack([lin.weight.detach().T for lin in layers])))
+            self.bias.append(nn.Parameter(torch.stack([lin.bias.detach()[None] for lin in layers])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.expand(self.members, *x.shape) if x.dim() == 2 else x
+        for j, (w, b) in enumerate(zip(self.weight, self.bias)):
+            h = torch.baddbmm(b, h, w)
+            if j + 1 < len(self.weight):
+                h = nn.functional.dropout(torch.relu(h), self.p, self.training)
+        return h
+
+
 class MCAWR:
     """Monte-Carlo advantage-weighted cloning on a fixed dataset (see the module docstring)."""
 
     def __init__(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray, *, hidden=(256, 256),
                  learning_rate: float = 3e-4, batch_size: int = 64, beta: float = 1.0, max_weight: float = 100.0,
                  value_steps: int = 5000, value_batch_size: int = 256, image_size: int | None = None,
-                 dropout: float = 0.0, seed: int = 0, chunk: int = 1, episode: np.ndarray | None = None):
+                 dropout: float = 0.0, seed: int = 0, chunk: int = 1, episode: np.ndarray | None = None,
+                 members: int = 1):
         if int(chunk) != chunk or chunk < 1:
             raise ValueError(f"chunk={chunk!r}: the number of actions the policy predicts must be an integer >= 1")
         if chunk > 1 and (episode is None or len(episode) != len(obs)):
@@ -146,6 +171,14 @@ class MCAWR:
         self.settings = dict(hidden=list(hidden), learning_rate=learning_rate, batch_size=batch_size, beta=beta,
                              max_weight=max_weight, value_steps=value_steps, value_batch_size=value_batch_size,
                              image_size=image_size, dropout=dropout, seed=seed)
+        if int(members) != members or members < 1:
+            raise ValueError(f"members={members!r}: the number of policies in the ensemble must be an integer >= 1")
+        if members > 1 and image_size is not None:
+            raise ValueError("a policy ensemble (iql.mc_members > 1) is built for the keypoint observation only; "
+                             "set iql.mc_members: 1 for pixel observations")
+        self.members = int(members)
+        if self.members > 1:   # absent at 1: checkpoints made before the option keep their settings
+            self.settings["members"] = self.members
         self.chunk = int(chunk)
         if self.chunk > 1:   # absent at 1: checkpoints made before the option keep their settings
             self.settings["chunk"] = self.chunk
@@ -157,7 +190,9 @@ class MCAWR:
             torch.manual_seed(seed)
             dim = self.obs.shape[1]
             self.value = _Net(dim, 1, list(hidden), image_size)
-            self.policy = _Net(dim, self.chunk * self.actions.shape[1], list(hidden), image_size, dropout)
+            out = self.chunk * self.actions.shape[1]
+            self.policy = (_Net(dim, out, list(hidden), image_size, dropout) if self.members == 1
+                           else _EnsembleNet(dim, out, list(hidden), self.members, dropout))
             self.rng_state = torch.get_rng_state()
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
         self.weights: torch.Tensor | None = None
@@ -166,6 +201,11 @@ class MCAWR:
 
     def _batch(self, n: int) -> torch.Tensor:
         return torch.randint(len(self.obs), (n,), generator=self.gen)
+
+    def _policy_batch(self) -> torch.Tensor:
+        """Rows of one cloning step: (B,), or (E, B) with an ensemble, each member drawing its own minibatch."""
+        n = self.settings["batch_size"]
+        return self._batch(n) if self.members == 1 else self._batch(self.members * n).view(self.members, n)
 
     def fit_value(self) -> None:
         """Regress V on the Monte-Carlo returns, then fix the cloning weights."""
@@ -192,16 +232,17 @@ class MCAWR:
         with torch.random.fork_rng(devices=[]):   # dropout draws from the learner's own saved stream
             torch.set_rng_state(self.rng_state)
             for _ in range(n_steps):
-                i = self._batch(self.settings["batch_size"])
+                i = self._policy_batch()
                 w = self.weights[i]
                 pred = torch.tanh(self.policy(self.obs[i]))
                 if self.chunk == 1:
                     err = ((pred - self.actions[i]) ** 2).sum(-1)
                 else:   # mean squared error over the chunk's steps inside the trajectory
                     m = self.chunk_mask[i]
-                    e = ((pred.reshape(len(i), self.chunk, -1) - self.chunk_actions[i]) ** 2).sum(-1)
+                    e = ((pred.reshape(*i.shape, self.chunk, -1) - self.chunk_actions[i]) ** 2).sum(-1)
                     err = (e * m).sum(-1) / m.sum(-1)
-                loss = (w * err).mean() / w.mean()   # normalised so the step size does not follow the weights' scale
+                # normalised so the step size does not follow the weights' scale; an ensemble sums its members' losses
+                loss = ((w * err).mean(-1) / w.mean(-1)).sum()
                 self.opt.zero_grad()
                 loss.backward()
                 self.opt.step()
@@ -249,8 +290,12 @@ def load_policy(path):
     ck = torch.load(path, weights_only=False)
     s, w = ck["settings"], ck["policy"]
     n_img = 0 if s["image_size"] is None else 3 * s["image_size"] ** 2
-    net = _Net(w["mlp.0.weight"].shape[1] + n_img, w["head.weight"].shape[0], s["hidden"], s["image_size"],
-               s.get("dropout", 0.0))
+    if s.get("members", 1) > 1:
+        net = _EnsembleNet(w["weight.0"].shape[1], w[f"weight.{len(s['hidden'])}"].shape[2], s["hidden"],
+                           s["members"], s.get("dropout", 0.0))
+    else:
+        net = _Net(w["mlp.0.weight"].shape[1] + n_img, w["head.weight"].shape[0], s["hidden"], s["image_size"],
+                   s.get("dropout", 0.0))
     net.load_state_dict(w)
     chunk = s.get("chunk", 1)
     ensemble = TemporalEnsemble(chunk)
@@ -277,4 +322,5 @@ def _act(net: nn.Module, x, chunk: int, ensemble: TemporalEnsemble) -> np.ndarra
 def _greedy(net: nn.Module, x) -> np.ndarray:
     net.eval()   # no dropout when acting
     with torch.no_grad():
-        return torch.tanh(net(torch.as_tensor(np.asarray(x, np.float32)))).numpy()
+        out = torch.tanh(net(torch.as_tensor(np.asarray(x, np.float32))))
+        return (out.mean(0) if isinstance(net, _EnsembleNet) else out).numpy()   # an ensemble acts on its mean
