@@ -337,6 +337,56 @@ def test_goal_observation_appends_the_tasks_goal_offline_and_online(tmp_path):
         MetaWorldTask.goal_of_state(object.__new__(MetaWorldTask), np.zeros(39))
 
 
+def test_keypoint_depth_appends_each_keypoints_camera_depth_offline_and_online(tmp_path):
+    from relam.data.demos import offline_path
+    from relam.data.store import EpisodeSet
+    from relam.envs.tracking import GroundTruthTracker
+    from relam.rl.env import LKOnlineTracker, ReLAMRewardWrapper
+    from relam.rl.iql import run_config
+    from relam.rl.mc_awr import load_policy
+    from relam.rl.iql import flat_observation
+    from relam.rl.ppo import make_env, make_planner
+    from relam.rl.relabel import relabel_dataset
+
+    cfg, res, rd = _smoke_iql_run(tmp_path, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  goal_observation=True, keypoint_depth=True)
+    assert json.loads((rd / "config.json").read_text())["iql"]["keypoint_depth"] is True
+    assert res["final_eval"]["episodes"] == 1                       # evaluated online with the depths observed
+    assert load_policy(rd / "model.pt").predict(flat_observation(np.zeros(8), np.zeros(8), np.ones(11))[None]).shape \
+        == (1, 4)
+    # offline: the state ends with the K keypoints' camera z, the z of the tracked 3-D points in the camera frame
+    d = dict(np.load(cfg.out / "relabelled" / "PushCube" / "relam-gt.npz"))
+    assert d["state"].shape[1] == 4 + 3 + 4 and d["next_state"].shape[1] == 11
+    planner = make_planner("PushCube", "relam-gt", cfg)
+    with EpisodeSet(offline_path(cfg, "PushCube")) as ds:
+        rec, gt = ds[0], ds.groundtruth(0)
+        plan = np.asarray(planner(rec.frames[0], {"task_seed": rec.seed}))
+    tracker = GroundTruthTracker(plan[0] * cfg.env.image_size, gt["depth0"], gt["seg0"], gt["camera"],
+                                 gt["body_poses"][0])
+    _, z = gt["camera"].project(tracker.world_points(gt["body_poses"]).reshape(-1, 3))
+    z = z.reshape(len(gt["body_poses"]), -1)
+    m = d["episode"] == 0
+    np.testing.assert_allclose(d["state"][m][:, 7:], z[: m.sum()], rtol=1e-5)
+    assert np.all((z > 0.2) & (z < 3.0))                            # metres in front of the camera
+    # online: the same layout, the depths of the points the wrapper tracks
+    env = make_env("PushCube", planner, cfg, image_obs=False, goal_obs=True, keypoint_depth=True)
+    obs, _ = env.reset(options={"task_seed": 1_000_000})
+    assert env.observation_space["state"].shape == (11,) and env.observation_space.contains(obs)
+    for _ in range(3):   # the hand moves; the points stay in view
+        obs, *_ = env.step(np.array([0.5, 0.0, 0.3, 1.0], np.float32))
+    task, tracked = env.unwrapped.task, env.tracker._gt                # the wrapper's sim tracker's 3-D points
+    _, z_now = task.camera().project(tracked.world_points(task.body_poses()))
+    np.testing.assert_allclose(obs["state"][7:], z_now, rtol=1e-5)
+    with pytest.raises(ValueError, match="tracker that measures the keypoints' depth"):
+        ReLAMRewardWrapper(env.unwrapped, planner, LKOnlineTracker(), 4, image_size=cfg.env.image_size,
+                           keypoint_depth=True)
+    env.close()
+    # off: other files and runs, without the depths
+    cfg.iql.keypoint_depth = False
+    assert "keypoint_depth" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    assert np.load(relabel_dataset(cfg, "PushCube", "relam-gt", progress=False))["state"].shape[1] == 7
+
+
 def test_objects_subgoal_observation_hides_the_robot_keypoints_subgoal_in_training_and_evaluation(tmp_path,
                                                                                                    monkeypatch):
     import relam.rl.iql as iql_mod

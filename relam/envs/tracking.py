@@ -59,6 +59,17 @@ class GroundTruthTracker:
                 out.append(((a0 * wx + a1 * wy + a2 * wz + a3) / h, (b0 * wx + b1 * wy + b2 * wz + b3) / h))
         return np.array(out, np.float64).reshape(-1, 2)
 
+    def camera_depths(self, pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
+        """Camera-frame z (metres, OpenCV axes) of the tracked points (N,) from their bodies' positions (N, 3) and
+        rotation matrices (N, 3, 3), as ``track_frames`` takes them: what a depth camera reads under each tracked
+        pixel when the point is visible."""
+        world = np.einsum("nij,nj->ni", np.asarray(rot, np.float64), self.local) + np.asarray(pos, np.float64)
+        return world @ self.camera.extrinsic[2, :3] + self.camera.extrinsic[2, 3]
+
+    def depths(self, poses) -> np.ndarray:
+        """Poses (B, 7) or a sequence (T, B, 7) -> camera-frame z of the tracked points (N,) or (T, N)."""
+        return self.world_points(poses) @ self.camera.extrinsic[2, :3] + self.camera.extrinsic[2, 3]
+
     def track(self, poses) -> np.ndarray:
         """Poses (B, 7) or a sequence (T, B, 7) -> pixel coordinates (N, 2) or (T, N, 2)."""
         uv, _ = self.camera.project(self.world_points(poses))

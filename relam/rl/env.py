@@ -112,6 +112,10 @@ class SimOnlineTracker:
     def update(self, frame=None):
         return self._gt.track_frames(*self.task.body_frames(self._gt.body))
 
+    def depth(self) -> np.ndarray:
+        """Camera-frame z (m) of the tracked points now, (N,): what a depth camera reads under them."""
+        return self._gt.camera_depths(*self.task.body_frames(self._gt.body))
+
 
 class LKOnlineTracker:
     """Frame-to-frame pyramidal Lucas-Kanade with a forward-backward check, for envs with no simulator ground
@@ -152,8 +156,16 @@ Planner = Callable[[np.ndarray, dict], np.ndarray]
 class ReLAMRewardWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, planner: Planner, tracker: OnlineTracker, num_keypoints: int,
                  reward: RewardConfig = RewardConfig(), image_obs: bool = False, image_size: int | None = None,
-                 keypoint_parts=None):
+                 keypoint_parts=None, keypoint_depth: bool = False):
         super().__init__(env)
+        if keypoint_depth and not callable(getattr(tracker, "depth", None)):
+            raise ValueError(f"keypoint_depth needs a tracker that measures the keypoints' depth (a depth() method, "
+                             f"as the 'sim' tracker's SimOnlineTracker has); {type(tracker).__name__} has none: use "
+                             f"the 'sim' tracker or set keypoint_depth=False (iql.keypoint_depth: false)")
+        if keypoint_depth and not isinstance(env.observation_space, gym.spaces.Box):
+            raise ValueError("keypoint_depth appends the keypoints' depth to the inner env's Box observation ('state'), "
+                             f"but the env's observation space is {env.observation_space}")
+        self.keypoint_depth = bool(keypoint_depth)
         self.parts = keypoint_parts   # (K,) part of each keypoint, for reward.part_weighting='part'
         if reward.part_weighting == "part" and keypoint_parts is None:
             warnings.warn("reward.part_weighting='part' but no keypoint_parts given: every keypoint weighs 1/K (Eq. 3), "
@@ -173,6 +185,13 @@ class ReLAMRewardWrapper(gym.Wrapper):
         spaces = {"keypoints": box(), "subgoal": box()}
         if isinstance(env.observation_space, gym.spaces.Box):
             spaces["state"] = env.observation_space
+            if keypoint_depth:   # the K keypoints' camera depth (m) after the inner observation
+                inner = env.observation_space
+                spaces["state"] = gym.spaces.Box(np.concatenate([np.broadcast_to(inner.low, inner.shape),
+                                                                 np.zeros(self.K)]).astype(np.float32),
+                                                 np.concatenate([np.broadcast_to(inner.high, inner.shape),
+                                                                 np.full(self.K, np.inf)]).astype(np.float32),
+                                                 dtype=np.float32)
         if image_obs:
             spaces["image"] = gym.spaces.Box(0, 255, shape=(3, self.size, self.size), dtype=np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
@@ -193,6 +212,9 @@ class ReLAMRewardWrapper(gym.Wrapper):
         obs = {"keypoints": kp, "subgoal": self._subgoal_obs[1].copy()}
         if "state" in self.observation_space.spaces:
             obs["state"] = np.asarray(inner, np.float32)
+            if self.keypoint_depth:   # a point behind the camera or lost: depth 0
+                depth = np.nan_to_num(np.asarray(self.tracker.depth(), np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+                obs["state"] = np.concatenate([obs["state"], np.maximum(depth, 0.0).astype(np.float32)])
         if self.image_obs:
             obs["image"] = np.ascontiguousarray(np.transpose(frame, (2, 0, 1)))
         return obs

@@ -124,6 +124,12 @@ class IQLConfig:
     subgoals fix it only to ~5 cm along the view (README stage 06), and the paper's image-only baselines reach
     68-79 % there, which one view alone cannot give. Every method observes it, so the reward sources stay compared
     on equal terms. See README stage 06 for what it measured."""
+    keypoint_depth: bool = False
+    """Ours: the keypoint observation also carries each keypoint's camera depth (metres, camera-frame z), what an
+    RGB-D camera reads under the tracked pixel (the 'sim' tracker gives it exactly; other trackers have none, which
+    is an error). Why: one camera's 2-D keypoints leave a point's position along its view ray open. On PickCube
+    (``cpu``, ``relam``, 50 states) the failed grasps closed the gripper 1.5-4 cm off the cube towards the camera,
+    where the gripper and the cube line up in the image; the successful ones within ~1 cm."""
     mc_beta: float = 1.0
     """'awr-mc' only: inverse temperature of the weights exp(beta * A / std(A)) (0 = plain cloning of all data)."""
     value_steps: int = 5000
@@ -445,6 +451,8 @@ def _iql_settings(c: IQLConfig, method: str) -> dict:
         del d["subgoal_observation"]
     if not c.goal_observation:         # runs made before the option keep their config
         del d["goal_observation"]
+    if not c.keypoint_depth:           # runs made before the option keep their config
+        del d["keypoint_depth"]
     if not c.validation_episodes:      # runs made before the option keep their config
         del d["validation_episodes"]
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
@@ -576,7 +584,8 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     del images
     if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
-    env = make_env(task, planner, cfg, image_obs=pixels, goal_obs=c.goal_observation)
+    env = make_env(task, planner, cfg, image_obs=pixels, goal_obs=c.goal_observation,
+                   keypoint_depth=c.keypoint_depth)
     lift = _subgoal_lift(c, run_dir, data_path, env, seed) if c.subgoal_lift else None
     if lift is not None:
         data["observations"] = lift.augment(data["observations"])
@@ -694,7 +703,8 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
         policy = d3rlpy.load_learnable(str(model), device="cpu:0")
     source = _source(method)[0]
     planner = make_planner(task, source, cfg, c.anticipation_run)
-    env = make_env(task, planner, cfg, image_obs=pixels, goal_obs=c.goal_observation)
+    env = make_env(task, planner, cfg, image_obs=pixels, goal_obs=c.goal_observation,
+                   keypoint_depth=c.keypoint_depth)
     try:
         if c.subgoal_lift:
             data_path = relabel_dataset(cfg, task, source, planner=planner, progress=False,

@@ -201,11 +201,12 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
 
 
 def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None,
-             env_reward: bool = False, goal_obs: bool = False):
+             env_reward: bool = False, goal_obs: bool = False, keypoint_depth: bool = False):
     """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised); with ``lift`` (a
     ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'; with ``env_reward`` the reward is the
     simulator's (``relam.rl.env.EnvRewardWrapper``, method 'env-reward'); with ``goal_obs`` 'state' ends with the
-    task's goal position (``TaskEnv``, option ``iql.goal_observation``)."""
+    task's goal position (``TaskEnv``, option ``iql.goal_observation``), then with ``keypoint_depth`` with the
+    keypoints' camera depth (option ``iql.keypoint_depth``)."""
     from relam.envs import make_task
     from relam.rl.env import EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
@@ -216,7 +217,8 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     env = ReLAMRewardWrapper(TaskEnv(task, seed_pool, goal_obs), planner, SimOnlineTracker(task), planner.num_keypoints,
                              reward_config(cfg, task_name, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
-                             image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task_name))
+                             image_size=cfg.env.image_size, keypoint_parts=keypoint_parts(cfg, task_name),
+                             keypoint_depth=keypoint_depth)
     if env_reward:
         env = EnvRewardWrapper(env, task.dense_reward_max)
     if lift is None:
