@@ -381,6 +381,21 @@ def test_keypoint_depth_appends_each_keypoints_camera_depth_offline_and_online(t
         ReLAMRewardWrapper(env.unwrapped, planner, LKOnlineTracker(), 4, image_size=cfg.env.image_size,
                            keypoint_depth=True)
     env.close()
+    # 'xyz': the tracked points' world positions instead, offline and online
+    cfg.iql.keypoint_depth = "xyz"
+    d = dict(np.load(relabel_dataset(cfg, "PushCube", "relam-gt", progress=False)))
+    m = d["episode"] == 0
+    np.testing.assert_allclose(d["state"][m][:, 7:].reshape(-1, 4, 3),
+                               tracker.world_points(gt["body_poses"])[: m.sum()], atol=1e-6)
+    env = make_env("PushCube", planner, cfg, image_obs=False, goal_obs=True, keypoint_depth="xyz")
+    obs, _ = env.reset(options={"task_seed": 1_000_000})
+    assert obs["state"].shape == (7 + 12,) and env.observation_space.contains(obs)
+    np.testing.assert_allclose(obs["state"][7:].reshape(4, 3),
+                               env.tracker._gt.world_points(env.unwrapped.task.body_poses()), atol=1e-5)
+    env.close()
+    cfg.iql.keypoint_depth = "z"
+    with pytest.raises(ValueError, match="keypoint_depth"):
+        make_env("PushCube", planner, cfg, image_obs=False, goal_obs=True, keypoint_depth="z")
     # off: other files and runs, without the depths
     cfg.iql.keypoint_depth = False
     assert "keypoint_depth" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]

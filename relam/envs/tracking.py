@@ -63,8 +63,11 @@ class GroundTruthTracker:
         """Camera-frame z (metres, OpenCV axes) of the tracked points (N,) from their bodies' positions (N, 3) and
         rotation matrices (N, 3, 3), as ``track_frames`` takes them: what a depth camera reads under each tracked
         pixel when the point is visible."""
-        world = np.einsum("nij,nj->ni", np.asarray(rot, np.float64), self.local) + np.asarray(pos, np.float64)
-        return world @ self.camera.extrinsic[2, :3] + self.camera.extrinsic[2, 3]
+        return self.points_of_frames(pos, rot) @ self.camera.extrinsic[2, :3] + self.camera.extrinsic[2, 3]
+
+    def points_of_frames(self, pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
+        """World positions (N, 3) of the tracked points from their bodies' positions and rotation matrices."""
+        return np.einsum("nij,nj->ni", np.asarray(rot, np.float64), self.local) + np.asarray(pos, np.float64)
 
     def depths(self, poses) -> np.ndarray:
         """Poses (B, 7) or a sequence (T, B, 7) -> camera-frame z of the tracked points (N,) or (T, N)."""

@@ -24,6 +24,15 @@ import numpy as np
 from relam.envs.base import Task
 from relam.reward import RewardConfig, StageMachine, env_reward_signal
 
+KEYPOINT_DEPTH = (False, True, "xyz")
+"""``keypoint_depth``: none, each keypoint's camera depth (True), or its 3-D world position ('xyz')."""
+
+
+def depth_dim(keypoint_depth, k: int) -> int:
+    """Entries ``keypoint_depth`` adds to the state for K keypoints."""
+    return {False: 0, True: k, "xyz": 3 * k}[keypoint_depth]
+
+
 # Keypoints may leave the image: coordinates are clipped into this box only for the observation.
 COORD_LOW, COORD_HIGH = -1.0, 2.0
 
@@ -116,6 +125,11 @@ class SimOnlineTracker:
         """Camera-frame z (m) of the tracked points now, (N,): what a depth camera reads under them."""
         return self._gt.camera_depths(*self.task.body_frames(self._gt.body))
 
+    def points(self) -> np.ndarray:
+        """World positions (m) of the tracked points now, (N, 3): their pixels lifted with that depth through the
+        camera's known pose."""
+        return self._gt.points_of_frames(*self.task.body_frames(self._gt.body))
+
 
 class LKOnlineTracker:
     """Frame-to-frame pyramidal Lucas-Kanade with a forward-backward check, for envs with no simulator ground
@@ -156,16 +170,19 @@ Planner = Callable[[np.ndarray, dict], np.ndarray]
 class ReLAMRewardWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, planner: Planner, tracker: OnlineTracker, num_keypoints: int,
                  reward: RewardConfig = RewardConfig(), image_obs: bool = False, image_size: int | None = None,
-                 keypoint_parts=None, keypoint_depth: bool = False):
+                 keypoint_parts=None, keypoint_depth: bool | str = False):
         super().__init__(env)
-        if keypoint_depth and not callable(getattr(tracker, "depth", None)):
-            raise ValueError(f"keypoint_depth needs a tracker that measures the keypoints' depth (a depth() method, "
+        if keypoint_depth not in KEYPOINT_DEPTH:
+            raise ValueError(f"unknown keypoint_depth {keypoint_depth!r}; choose one of {KEYPOINT_DEPTH}")
+        method = {True: "depth", "xyz": "points"}.get(keypoint_depth)
+        if method and not callable(getattr(tracker, method, None)):
+            raise ValueError(f"keypoint_depth needs a tracker that measures the keypoints' depth (a {method}() method, "
                              f"as the 'sim' tracker's SimOnlineTracker has); {type(tracker).__name__} has none: use "
                              f"the 'sim' tracker or set keypoint_depth=False (iql.keypoint_depth: false)")
         if keypoint_depth and not isinstance(env.observation_space, gym.spaces.Box):
             raise ValueError("keypoint_depth appends the keypoints' depth to the inner env's Box observation ('state'), "
                              f"but the env's observation space is {env.observation_space}")
-        self.keypoint_depth = bool(keypoint_depth)
+        self.keypoint_depth = keypoint_depth
         self.parts = keypoint_parts   # (K,) part of each keypoint, for reward.part_weighting='part'
         if reward.part_weighting == "part" and keypoint_parts is None:
             warnings.warn("reward.part_weighting='part' but no keypoint_parts given: every keypoint weighs 1/K (Eq. 3), "
@@ -185,12 +202,13 @@ class ReLAMRewardWrapper(gym.Wrapper):
         spaces = {"keypoints": box(), "subgoal": box()}
         if isinstance(env.observation_space, gym.spaces.Box):
             spaces["state"] = env.observation_space
-            if keypoint_depth:   # the K keypoints' camera depth (m) after the inner observation
-                inner = env.observation_space
+            if keypoint_depth:   # the K keypoints' camera depth (m), or their 3K world coordinates, after the inner
+                inner, n = env.observation_space, depth_dim(keypoint_depth, self.K)   # observation
+                low = 0.0 if keypoint_depth is True else -np.inf
                 spaces["state"] = gym.spaces.Box(np.concatenate([np.broadcast_to(inner.low, inner.shape),
-                                                                 np.zeros(self.K)]).astype(np.float32),
+                                                                 np.full(n, low)]).astype(np.float32),
                                                  np.concatenate([np.broadcast_to(inner.high, inner.shape),
-                                                                 np.full(self.K, np.inf)]).astype(np.float32),
+                                                                 np.full(n, np.inf)]).astype(np.float32),
                                                  dtype=np.float32)
         if image_obs:
             spaces["image"] = gym.spaces.Box(0, 255, shape=(3, self.size, self.size), dtype=np.uint8)
@@ -212,9 +230,12 @@ class ReLAMRewardWrapper(gym.Wrapper):
         obs = {"keypoints": kp, "subgoal": self._subgoal_obs[1].copy()}
         if "state" in self.observation_space.spaces:
             obs["state"] = np.asarray(inner, np.float32)
-            if self.keypoint_depth:   # a point behind the camera or lost: depth 0
+            if self.keypoint_depth is True:   # a point behind the camera or lost: depth 0
                 depth = np.nan_to_num(np.asarray(self.tracker.depth(), np.float64), nan=0.0, posinf=0.0, neginf=0.0)
                 obs["state"] = np.concatenate([obs["state"], np.maximum(depth, 0.0).astype(np.float32)])
+            elif self.keypoint_depth == "xyz":
+                xyz = np.nan_to_num(np.asarray(self.tracker.points(), np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+                obs["state"] = np.concatenate([obs["state"], xyz.ravel().astype(np.float32)])
         if self.image_obs:
             obs["image"] = np.ascontiguousarray(np.transpose(frame, (2, 0, 1)))
         return obs

@@ -124,10 +124,11 @@ class IQLConfig:
     subgoals fix it only to ~5 cm along the view (README stage 06), and the paper's image-only baselines reach
     68-79 % there, which one view alone cannot give. Every method observes it, so the reward sources stay compared
     on equal terms. See README stage 06 for what it measured."""
-    keypoint_depth: bool = False
-    """Ours: the keypoint observation also carries each keypoint's camera depth (metres, camera-frame z), what an
-    RGB-D camera reads under the tracked pixel (the 'sim' tracker gives it exactly; other trackers have none, which
-    is an error). Why: one camera's 2-D keypoints leave a point's position along its view ray open. On PickCube
+    keypoint_depth: bool | str = False
+    """Ours: the keypoint observation also carries each keypoint's camera depth (True: metres, camera-frame z), what
+    an RGB-D camera reads under the tracked pixel, or ('xyz') the keypoint's 3-D position in the world frame, that
+    depth lifted through the camera's known pose (the 'sim' tracker gives both exactly; other trackers have none,
+    which is an error). Why: one camera's 2-D keypoints leave a point's position along its view ray open. On PickCube
     (``cpu``, ``relam``, 50 states) the failed grasps closed the gripper 1.5-4 cm off the cube towards the camera,
     where the gripper and the cube line up in the image; the successful ones within ~1 cm."""
     mc_beta: float = 1.0
@@ -548,6 +549,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     """Relabel (if needed), train (or resume, or skip) one IQL run and evaluate it in the simulator."""
     import torch
 
+    from relam.rl.env import KEYPOINT_DEPTH
     from relam.rl.lift import LiftedPolicy
     from relam.rl.ppo import make_env, make_planner
     from relam.rl.relabel import dataset_summary, relabel_dataset
@@ -555,7 +557,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     torch.set_num_threads(cfg.torch_threads)  # several threads per run were 5x slower with two runs side by side
     c = cfg.iql
     for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
-                          ("observation", ("keypoints", "pixels"))):
+                          ("observation", ("keypoints", "pixels")), ("keypoint_depth", KEYPOINT_DEPTH)):
         _check_choice(c, name, choices)
     with_subgoal = observed_subgoal(cfg, task, method)
     if c.subgoal_lift and with_subgoal is not True:
