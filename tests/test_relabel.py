@@ -50,6 +50,7 @@ def _smoke_iql_run(tmp_path, n: int = 1, **iql):
     cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": n, "n_noisy": n},
                                 "iql": {"eval_every_epochs": 1, "eval_episodes": 1, "learner": "iql",
                                         "trajectory_filter": "none", "subgoal_lift": False, "goal_observation": False,
+                                        "keypoint_depth": False,
                                         **iql}})
     collect_offline(cfg, "PushCube", progress=False)
     return cfg, train_run(cfg, "PushCube", "relam-gt", 0), cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
