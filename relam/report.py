@@ -272,6 +272,10 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     if cfg is not None and cfg.iql.goal_observation:
         departures.append("ManiSkill policies also observe the task's goal position, ManiSkill's `goal_pos` "
                           "(`iql.goal_observation: true`; ours, a reading of the paper's observation).")
+    if cfg is not None and cfg.iql.keypoint_depth:
+        what = "3-D position (world frame)" if cfg.iql.keypoint_depth == "xyz" else "camera depth"
+        departures.append(f"ManiSkill policies also observe each keypoint's {what}, as an RGB-D camera gives it "
+                          f"(`iql.keypoint_depth: {cfg.iql.keypoint_depth}`; ours; the paper's keypoints are 2-D).")
     generated_view = None if cfg is None else cfg.iql.subgoal_observation_generated
     if generated_view is not None and generated_view != cfg.iql.subgoal_observation:
         seen = {"objects": "only the object keypoints' part of the subgoal", False: "no subgoal",
