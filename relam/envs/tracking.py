@@ -69,10 +69,6 @@ class GroundTruthTracker:
         """World positions (N, 3) of the tracked points from their bodies' positions and rotation matrices."""
         return np.einsum("nij,nj->ni", np.asarray(rot, np.float64), self.local) + np.asarray(pos, np.float64)
 
-    def depths(self, poses) -> np.ndarray:
-        """Poses (B, 7) or a sequence (T, B, 7) -> camera-frame z of the tracked points (N,) or (T, N)."""
-        return self.world_points(poses) @ self.camera.extrinsic[2, :3] + self.camera.extrinsic[2, 3]
-
     def track(self, poses) -> np.ndarray:
         """Poses (B, 7) or a sequence (T, B, 7) -> pixel coordinates (N, 2) or (T, N, 2)."""
         uv, _ = self.camera.project(self.world_points(poses))
