@@ -59,14 +59,9 @@ class GroundTruthTracker:
                 out.append(((a0 * wx + a1 * wy + a2 * wz + a3) / h, (b0 * wx + b1 * wy + b2 * wz + b3) / h))
         return np.array(out, np.float64).reshape(-1, 2)
 
-    def camera_depths(self, pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
-        """Camera-frame z (metres, OpenCV axes) of the tracked points (N,) from their bodies' positions (N, 3) and
-        rotation matrices (N, 3, 3), as ``track_frames`` takes them: what a depth camera reads under each tracked
-        pixel when the point is visible."""
-        return self.points_of_frames(pos, rot) @ self.camera.extrinsic[2, :3] + self.camera.extrinsic[2, 3]
-
     def points_of_frames(self, pos: np.ndarray, rot: np.ndarray) -> np.ndarray:
-        """World positions (N, 3) of the tracked points from their bodies' positions and rotation matrices."""
+        """World positions (N, 3) of the tracked points from their bodies' positions (N, 3) and rotation matrices
+        (N, 3, 3), as ``track_frames`` takes them."""
         return np.einsum("nij,nj->ni", np.asarray(rot, np.float64), self.local) + np.asarray(pos, np.float64)
 
     def track(self, poses) -> np.ndarray:

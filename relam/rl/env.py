@@ -33,6 +33,17 @@ def depth_dim(keypoint_depth, k: int) -> int:
     return {False: 0, True: k, "xyz": 3 * k}[keypoint_depth]
 
 
+def depth_observation(keypoint_depth, points: np.ndarray, camera) -> np.ndarray:
+    """What ``keypoint_depth`` appends to the state for tracked world points (..., K, 3) seen by ``camera``
+    (``CameraParams``): their camera depth (..., K) (True; a point lost or behind the camera reads 0) or the points
+    themselves (..., 3K) ('xyz'; a lost point reads 0). One rule for relabelled data and live episodes."""
+    points = np.asarray(points, np.float64)
+    if keypoint_depth == "xyz":
+        return np.nan_to_num(points, nan=0.0, posinf=0.0, neginf=0.0).reshape(*points.shape[:-2], -1)
+    _, z = camera.project(points)
+    return np.maximum(np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
+
+
 # Keypoints may leave the image: coordinates are clipped into this box only for the observation.
 COORD_LOW, COORD_HIGH = -1.0, 2.0
 
@@ -107,8 +118,15 @@ class SimOnlineTracker:
 
     def __init__(self, task: Task, cache_size: int = 10_000):
         self.task, self._gt, self._cache, self.cache_size = task, None, {}, cache_size
+        self._frames = None   # the tracked bodies' frames read by the last update (points() reuses them)
+
+    @property
+    def camera(self):
+        """The camera the points are tracked in (``CameraParams``; None before the first episode starts)."""
+        return None if self._gt is None else self._gt.camera
 
     def start(self, frame, queries_uv, info=None):
+        self._frames = None
         seed = None if not info else info.get("task_seed")
         key = None if seed is None else (seed, np.asarray(queries_uv, np.float64).tobytes())
         if key is not None and key in self._cache:
@@ -119,16 +137,13 @@ class SimOnlineTracker:
             self._cache[key] = self._gt
 
     def update(self, frame=None):
-        return self._gt.track_frames(*self.task.body_frames(self._gt.body))
-
-    def depth(self) -> np.ndarray:
-        """Camera-frame z (m) of the tracked points now, (N,): what a depth camera reads under them."""
-        return self._gt.camera_depths(*self.task.body_frames(self._gt.body))
+        self._frames = self.task.body_frames(self._gt.body)
+        return self._gt.track_frames(*self._frames)
 
     def points(self) -> np.ndarray:
-        """World positions (m) of the tracked points now, (N, 3): their pixels lifted with that depth through the
-        camera's known pose."""
-        return self._gt.points_of_frames(*self.task.body_frames(self._gt.body))
+        """World positions (m) of the tracked points now, (N, 3): their pixels lifted with the depth under them
+        through the camera's known pose (as the last ``update`` saw them; at the episode's start, read now)."""
+        return self._gt.points_of_frames(*(self._frames or self.task.body_frames(self._gt.body)))
 
 
 class LKOnlineTracker:
@@ -174,11 +189,10 @@ class ReLAMRewardWrapper(gym.Wrapper):
         super().__init__(env)
         if keypoint_depth not in KEYPOINT_DEPTH:
             raise ValueError(f"unknown keypoint_depth {keypoint_depth!r}; choose one of {KEYPOINT_DEPTH}")
-        method = {True: "depth", "xyz": "points"}.get(keypoint_depth)
-        if method and not callable(getattr(tracker, method, None)):
-            raise ValueError(f"keypoint_depth needs a tracker that measures the keypoints' depth (a {method}() method, "
-                             f"as the 'sim' tracker's SimOnlineTracker has); {type(tracker).__name__} has none: use "
-                             f"the 'sim' tracker or set keypoint_depth=False (iql.keypoint_depth: false)")
+        if keypoint_depth and not (callable(getattr(tracker, "points", None)) and hasattr(tracker, "camera")):
+            raise ValueError(f"keypoint_depth needs a tracker that measures the keypoints' depth (a points() method "
+                             f"and a camera, as the 'sim' tracker's SimOnlineTracker has); {type(tracker).__name__} "
+                             f"has none: use the 'sim' tracker or set keypoint_depth=False (iql.keypoint_depth: false)")
         if keypoint_depth and not isinstance(env.observation_space, gym.spaces.Box):
             raise ValueError("keypoint_depth appends the keypoints' depth to the inner env's Box observation ('state'), "
                              f"but the env's observation space is {env.observation_space}")
@@ -230,12 +244,9 @@ class ReLAMRewardWrapper(gym.Wrapper):
         obs = {"keypoints": kp, "subgoal": self._subgoal_obs[1].copy()}
         if "state" in self.observation_space.spaces:
             obs["state"] = np.asarray(inner, np.float32)
-            if self.keypoint_depth is True:   # a point behind the camera or lost: depth 0
-                depth = np.nan_to_num(np.asarray(self.tracker.depth(), np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-                obs["state"] = np.concatenate([obs["state"], np.maximum(depth, 0.0).astype(np.float32)])
-            elif self.keypoint_depth == "xyz":
-                xyz = np.nan_to_num(np.asarray(self.tracker.points(), np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-                obs["state"] = np.concatenate([obs["state"], xyz.ravel().astype(np.float32)])
+            if self.keypoint_depth:
+                extra = depth_observation(self.keypoint_depth, self.tracker.points(), self.tracker.camera)
+                obs["state"] = np.concatenate([obs["state"], extra.astype(np.float32)])
         if self.image_obs:
             obs["image"] = np.ascontiguousarray(np.transpose(frame, (2, 0, 1)))
         return obs

@@ -133,7 +133,7 @@ class _EnsembleNet(nn.Module):
 
     def __init__(self, obs_dim: int, out_dim: int, hidden: list[int], members: int, dropout: float = 0.0):
         super().__init__()
-        self.n_img, self.members, self.p = 0, int(members), float(dropout)
+        self.members, self.p = int(members), float(dropout)
         sizes = [obs_dim] + list(hidden) + [out_dim]
         self.weight, self.bias = nn.ParameterList(), nn.ParameterList()
         for d_in, d_out in zip(sizes[:-1], sizes[1:]):

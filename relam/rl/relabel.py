@@ -35,13 +35,12 @@ def relabel_episode(plan: np.ndarray, gt: dict, step_success: np.ndarray, image_
     tracker = GroundTruthTracker(plan[0] * image_size, gt["depth0"], gt["seg0"], gt["camera"], gt["body_poses"][0])
     tracks = tracker.track(gt["body_poses"]) / image_size                    # (T+1, K, 2)
     points = tracker.world_points(gt["body_poses"])                           # (T+1, K, 3) world, metres
-    depth = points @ gt["camera"].extrinsic[2, :3] + gt["camera"].extrinsic[2, 3]   # (T+1, K) camera z
     out = relabel(tracks, plan, step_success, cfg, parts)
     targets = plan[1:] if len(plan) > 1 else plan[:1]   # an empty plan shows x^0 as the "subgoal"
     after = np.minimum(out["stage"], len(targets) - 1)
     before = np.concatenate([[0], after[:-1]]).astype(int)  # the policy at state t sees the target before step t
     out["tracks"], out["targets"], out["next_targets"] = tracks, targets[before], targets[after]
-    out["depth"], out["points"] = depth, points
+    out["points"] = points
     return out
 
 
@@ -52,6 +51,7 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
     from relam.data.demos import offline_path
     from relam.data.store import EpisodeSet, read_attrs
     from relam.envs.maniskill_tasks import goal_of_states, proprio_of_states
+    from relam.rl.env import depth_observation
     from relam.rl.ppo import (keypoint_parts, make_planner, perception_setting, plan_error_of, plan_setting,
                               reward_config)
 
@@ -92,10 +92,8 @@ def relabel_dataset(cfg, task: str, method: str, planner=None, progress: bool = 
             prop = proprio_of_states(gt["states"])
             if cfg.iql.goal_observation:
                 prop = np.concatenate([prop, goal_of_states(gt["states"])], 1)
-            if cfg.iql.keypoint_depth is True:   # as the online wrapper: lost or behind-camera points read 0
-                prop = np.concatenate([prop, np.maximum(np.nan_to_num(out["depth"], nan=0.0), 0.0)], 1)
-            elif cfg.iql.keypoint_depth == "xyz":
-                prop = np.concatenate([prop, np.nan_to_num(out["points"], nan=0.0).reshape(T + 1, -1)], 1)
+            if cfg.iql.keypoint_depth:   # as the online wrapper appends them
+                prop = np.concatenate([prop, depth_observation(cfg.iql.keypoint_depth, out["points"], gt["camera"])], 1)
             kp = out["tracks"].reshape(T + 1, -1).astype(np.float32)
             sg, nsg = (out[k].reshape(T, -1).astype(np.float32) for k in ("targets", "next_targets"))
             cols["keypoints"].append(kp[:end]); cols["next_keypoints"].append(kp[1:end + 1])
