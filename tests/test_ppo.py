@@ -475,3 +475,26 @@ def test_gsde_run_explores_with_state_dependent_noise_and_is_absent_from_configs
     # off (the defaults): absent from the run config, so runs made before the options stay current
     off = run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
     assert not {"use_sde", "sde_sample_freq", "log_std_init"} & set(off)
+
+
+def test_keypoint_depth_run_observes_each_keypoints_3d_position_and_is_absent_from_configs_when_off(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import evaluate, make_env, make_planner, run_config
+    cfg = _tiny_cfg(tmp_path, keypoint_depth="xyz")
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert json.loads((rd / "config.json").read_text())["ppo"]["keypoint_depth"] == "xyz"
+    model = PPO.load(rd / "model.zip", device="cpu")
+    planner = make_planner("drawer-open", "relam-gt", cfg)
+    flat, deep = make_env("drawer-open", planner, cfg), make_env("drawer-open", planner, cfg, keypoint_depth="xyz")
+    k = deep.K
+    n_flat = flat.observation_space["state"].shape[0]
+    assert model.observation_space["state"].shape == (n_flat + 3 * k,)   # the policy was built on the longer state
+    # the evaluation env of the run is the one with the 3-D positions: the saved model replays its final score there
+    assert evaluate(model, deep, 1)["mean_return"] == pytest.approx(res["final_eval"]["mean_return"], rel=1e-6)
+    obs_flat, _ = flat.reset(options={"task_seed": 1_000_000})
+    obs, _ = deep.reset(options={"task_seed": 1_000_000})
+    np.testing.assert_allclose(obs["state"][:n_flat], obs_flat["state"])
+    np.testing.assert_allclose(obs["state"][n_flat:], deep.tracker.points().reshape(-1), rtol=1e-6)
+    # off (the default): absent from the run config, so runs made before the option stay current
+    assert "keypoint_depth" not in run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]

@@ -134,6 +134,10 @@ class PPOConfig:
     50 held-out states, selected vs final): drawer-open relam 82.7 vs 64.0 %, relam-gt 98.0 vs 95.3 %, door-open
     relam-gt 32.0 vs 26.0 %; the final model was chosen in the other runs. It costs ``validation_episodes`` x
     (number of evaluations) episodes, ~15 % more env steps at ``cpu``."""
+    keypoint_depth: bool | str = False
+    """Ours (off): the keypoint observation also carries each keypoint's camera depth (True) or 3-D world position
+    ('xyz'), as ``iql.keypoint_depth`` (``relam.rl.env.depth_observation``): one camera's 2-D keypoints leave a
+    point's place along its view ray open."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
 
@@ -384,7 +388,8 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
 
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
-                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0}
+                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0,
+                         ("keypoint_depth",): False}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
@@ -469,7 +474,8 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     pool = np.arange(TRAIN_SEED_OFFSET, TRAIN_SEED_OFFSET + p.train_seed_pool)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
     env_reward = method == "env-reward"
-    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift, env_reward=env_reward),
+    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift, env_reward=env_reward,
+                                                     keypoint_depth=p.keypoint_depth),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
     if p.normalize_reward or p.normalize_obs:
@@ -478,7 +484,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
                             norm_obs_keys=keys)
     if p.gae_cut:   # a no-op for 'env-reward', whose wrapper reports no subgoal_reached
         venv = GAECutVecEnv(venv)
-    eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward)
+    eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward, keypoint_depth=p.keypoint_depth)
 
     state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
