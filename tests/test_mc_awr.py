@@ -175,3 +175,32 @@ def test_an_ensemble_acts_on_its_members_mean_trains_each_on_its_own_rows_and_lo
                                    atol=1e-6)
     with pytest.raises(ValueError, match="keypoint observation only"):
         MCAWR(np.zeros((4, 3 * 4 * 4 + 2), np.float32), np.zeros((4, 2)), np.zeros(4), image_size=4, members=2)
+
+
+def test_ema_policy_acts_on_the_average_of_the_trained_weights_resumes_exactly_and_loads_the_same(tmp_path):
+    learner, obs, good = _learner(1.0, dropout=0.1, ema=0.9)
+    assert learner.settings["ema"] == 0.9 and "ema" not in _learner(1.0)[0].settings   # absent when off
+    start = [p.detach().clone() for p in learner.acting.parameters()]
+    learner.fit(1)
+    # one step: acting = 0.9 * before + 0.1 * trained (the trained weights moved; the average a tenth of that)
+    for a, p, s in zip(learner.acting.parameters(), learner.policy.parameters(), start):
+        torch.testing.assert_close(a, 0.9 * s + 0.1 * p)
+    assert not torch.allclose(next(learner.acting.parameters()), next(learner.policy.parameters()))
+    learner.fit(299)
+    assert learner.predict(obs[good]).mean() > 0.25                      # the average still clones the better half
+    with torch.no_grad():   # and it is the average that acts, not the trained weights
+        trained = torch.tanh(learner.policy.eval()(torch.as_tensor(obs[:5]))).numpy()
+    assert not np.allclose(learner.predict(obs[:5]), trained, atol=1e-4)
+    # resumed from a checkpoint it continues exactly (both weight sets are saved); model.pt acts as the average
+    straight, _, _ = _learner(1.0, dropout=0.1, ema=0.9)
+    straight.fit(60)
+    first, _, _ = _learner(1.0, dropout=0.1, ema=0.9)
+    first.fit(30)
+    first.save(tmp_path / "ck.pt")
+    resumed = _learner(1.0, dropout=0.1, ema=0.9)[0].load_state(tmp_path / "ck.pt")
+    resumed.fit(30)
+    np.testing.assert_allclose(resumed.predict(obs), straight.predict(obs), atol=1e-6)
+    resumed.save(tmp_path / "model.pt")
+    np.testing.assert_allclose(load_policy(tmp_path / "model.pt").predict(obs), straight.predict(obs), atol=1e-6)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        _learner(1.0, ema=1.0)

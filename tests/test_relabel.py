@@ -288,6 +288,9 @@ def test_awr_mc_with_action_chunks_resets_its_memory_every_evaluation_episode(tm
     assert policy.predict(x).shape == (1, 4)
     cfg.iql.mc_chunk = 1                                # off: runs made before the option keep their config
     assert "mc_chunk" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
+    assert "mc_ema" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]   # so is the weight average
+    cfg.iql.mc_ema = 0.999
+    assert run_config(cfg, "PushCube", "relam-gt", 0)["iql"]["mc_ema"] == 0.999
 
 
 def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):

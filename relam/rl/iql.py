@@ -34,7 +34,7 @@ from relam.rl.runs import (EVAL_SEED_OFFSET, begin_run, evaluate_policy, evaluat
 METHODS = ("relam", "relam-gt", "env-reward")
 LEARNERS = ("iql", "filtered-bc", "awr-mc")
 IQL_ONLY = ("tau", "expectile", "temperature")   # settings of the TD learner, not of the cloning learners
-MC_ONLY = ("mc_beta", "value_steps", "mc_dropout", "mc_chunk", "mc_members")
+MC_ONLY = ("mc_beta", "value_steps", "mc_dropout", "mc_chunk", "mc_members", "mc_ema")
 TRAJECTORY_FILTERS = ("none", "successful")
 
 
@@ -174,6 +174,11 @@ class IQLConfig:
     differ by up to 20 points on the same 50 states), and averaging policies cancels what they do not share.
     1: one policy (runs made before the option keep their config), every profile's. Measured with 3 (PickCube
     ``relam``, before ``keypoint_depth``, 3 seeds, 100k, 100 states): 69.3 -> 72.7 % at ~1.8x the training time."""
+    mc_ema: float = 0.0
+    """'awr-mc' only (ours): the policy that acts (evaluation, ``model.pt``) is an exponential moving average of the
+    trained weights with this decay per gradient step (as diffusion_policy's EMA model); 0: off, the trained
+    weights act. Why one might: the final weights of a cloned policy move between evaluations (PickCube ``relam``'s
+    10-state score swings 60-90 % over its last 40k steps); an average over the last ~1/(1-decay) steps is steadier."""
 
 
 def flat_observation(keypoints, subgoal, state, with_subgoal=True) -> np.ndarray:
@@ -477,6 +482,8 @@ def _iql_settings(c: IQLConfig, method: str) -> dict:
             del d["mc_chunk"]
         if c.mc_members == 1:          # runs made before the option keep their config
             del d["mc_members"]
+        if not c.mc_ema:               # runs made before the option keep their config
+            del d["mc_ema"]
     return d
 
 
@@ -529,7 +536,8 @@ class _MCLearner:
                           hidden=c.hidden, learning_rate=c.learning_rate, batch_size=c.batch_size, beta=c.mc_beta,
                           max_weight=c.max_weight, value_steps=c.value_steps,
                           image_size=c.image_size if c.observation == "pixels" else None, dropout=c.mc_dropout,
-                          seed=seed, chunk=c.mc_chunk, episode=data["episode"], members=c.mc_members)
+                          seed=seed, chunk=c.mc_chunk, episode=data["episode"], members=c.mc_members,
+                          ema=c.mc_ema)
         if checkpoint:
             self.algo.load_state(checkpoint)
 

@@ -35,6 +35,8 @@ continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -157,7 +159,7 @@ class MCAWR:
                  learning_rate: float = 3e-4, batch_size: int = 64, beta: float = 1.0, max_weight: float = 100.0,
                  value_steps: int = 5000, value_batch_size: int = 256, image_size: int | None = None,
                  dropout: float = 0.0, seed: int = 0, chunk: int = 1, episode: np.ndarray | None = None,
-                 members: int = 1):
+                 members: int = 1, ema: float = 0.0):
         if int(chunk) != chunk or chunk < 1:
             raise ValueError(f"chunk={chunk!r}: the number of actions the policy predicts must be an integer >= 1")
         if chunk > 1 and (episode is None or len(episode) != len(obs)):
@@ -176,6 +178,11 @@ class MCAWR:
         if members > 1 and image_size is not None:
             raise ValueError("a policy ensemble (iql.mc_members > 1) is built for the keypoint observation only; "
                              "set iql.mc_members: 1 for pixel observations")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema={ema!r}: the decay of the policy's weight average must be in [0, 1) (0: off)")
+        self.ema = float(ema)
+        if self.ema:   # absent at 0: checkpoints made before the option keep their settings
+            self.settings["ema"] = self.ema
         self.members = int(members)
         if self.members > 1:   # absent at 1: checkpoints made before the option keep their settings
             self.settings["members"] = self.members
@@ -194,6 +201,8 @@ class MCAWR:
             self.policy = (_Net(dim, out, list(hidden), image_size, dropout) if self.members == 1
                            else _EnsembleNet(dim, out, list(hidden), self.members, dropout))
             self.rng_state = torch.get_rng_state()
+        # the acting policy: an exponential moving average of the trained weights (with ``ema``), else the weights
+        self.acting = copy.deepcopy(self.policy) if self.ema else self.policy
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=learning_rate)
         self.weights: torch.Tensor | None = None
         self.value_loss = float("nan")
@@ -246,6 +255,10 @@ class MCAWR:
                 self.opt.zero_grad()
                 loss.backward()
                 self.opt.step()
+                if self.ema:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(list(self.acting.parameters()), list(self.policy.parameters()),
+                                             1.0 - self.ema)
                 total += loss.item()
             self.rng_state = torch.get_rng_state()
         self.steps += n_steps
@@ -254,7 +267,7 @@ class MCAWR:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Greedy actions for a batch of observations (B, D) -> (B, action_dim), in [-1, 1]; with action chunks one
         observation per call, ensembled over the episode's earlier calls (``reset()`` at each episode start)."""
-        return _act(self.policy, x, self.chunk, self.ensemble)
+        return _act(self.acting, x, self.chunk, self.ensemble)
 
     def reset(self) -> None:
         """A new episode: forget the chunks predicted so far (nothing to forget without chunks)."""
@@ -266,7 +279,10 @@ class MCAWR:
         return float(w[np.asarray(mask, bool)].sum() / w.sum())
 
     def save(self, path) -> None:
-        torch.save({"settings": self.settings, "policy": self.policy.state_dict(), "value": self.value.state_dict(),
+        # 'policy' is what acts (load_policy reads it); with ``ema`` the trained weights go beside it, to resume
+        extra = {"trained": self.policy.state_dict()} if self.ema else {}
+        torch.save({"settings": self.settings, "policy": self.acting.state_dict(), **extra,
+                    "value": self.value.state_dict(),
                     "opt": self.opt.state_dict(), "weights": self.weights, "value_loss": self.value_loss,
                     "steps": self.steps, "gen": self.gen.get_state(), "rng": self.rng_state}, path)
 
@@ -276,7 +292,9 @@ class MCAWR:
         if ck["settings"] != self.settings:
             raise ValueError(f"{path} was saved with awr-mc settings {ck['settings']}, not {self.settings}: "
                              "delete it to start over")
-        self.policy.load_state_dict(ck["policy"])
+        self.acting.load_state_dict(ck["policy"])
+        if self.ema:
+            self.policy.load_state_dict(ck["trained"])
         self.value.load_state_dict(ck["value"])
         self.opt.load_state_dict(ck["opt"])
         self.weights, self.value_loss, self.steps = ck["weights"], ck["value_loss"], ck["steps"]
