@@ -293,6 +293,13 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
         departures.append(f"Meta-World rows: PPO explores with gSDE (`ppo.use_sde: true`, `sde_sample_freq: "
                           f"{cfg.ppo.sde_sample_freq}`, `log_std_init: {cfg.ppo.log_std_init:g}`; the paper's PPO "
                           "adds white Gaussian noise).")
+    deep = {} if cfg is None else {t: cfg.ppo.for_task(t).keypoint_depth for t in cfg.ppo.tasks}
+    for setting in dict.fromkeys(d for d in deep.values() if d):
+        tasks = [t for t, d in deep.items() if d == setting]
+        what = "3-D position (world frame)" if setting == "xyz" else "camera depth"
+        where = (f"`ppo.keypoint_depth: {setting}`" if cfg.ppo.keypoint_depth == setting else
+                 " ".join(f"`ppo.task_overrides.{t}.keypoint_depth: {setting}`" for t in tasks))
+        departures.append(f"PPO policies of {', '.join(tasks)} also observe each keypoint's {what} ({where}; ours).")
     note = " ".join([f"Success % of each run's reported evaluation (PPO: the checkpoint chosen on validation states; "
                      f"{offline}: the final one; simulator flag), mean over seeds [95 % bootstrap CI]. "
                      "⚠ = seeds missing (unfinished, absent, or stale: run under other settings): averaged over the "

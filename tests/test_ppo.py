@@ -480,7 +480,7 @@ def test_gsde_run_explores_with_state_dependent_noise_and_is_absent_from_configs
 def test_keypoint_depth_run_observes_each_keypoints_3d_position_and_is_absent_from_configs_when_off(tmp_path):
     from stable_baselines3 import PPO
     from relam.rl.ppo import evaluate, make_env, make_planner, run_config
-    cfg = _tiny_cfg(tmp_path, keypoint_depth="xyz")
+    cfg = _tiny_cfg(tmp_path, task_overrides={"drawer-open": {"keypoint_depth": "xyz"}})   # as cpu's door-open
     res = train_run(cfg, "drawer-open", "relam-gt", 0)
     rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
     assert json.loads((rd / "config.json").read_text())["ppo"]["keypoint_depth"] == "xyz"
@@ -496,5 +496,21 @@ def test_keypoint_depth_run_observes_each_keypoints_3d_position_and_is_absent_fr
     obs, _ = deep.reset(options={"task_seed": 1_000_000})
     np.testing.assert_allclose(obs["state"][:n_flat], obs_flat["state"])
     np.testing.assert_allclose(obs["state"][n_flat:], deep.tracker.points().reshape(-1), rtol=1e-6)
-    # off (the default): absent from the run config, so runs made before the option stay current
+    # off (the default, and other tasks' runs): absent from the run config, so runs made before the option stay current
     assert "keypoint_depth" not in run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
+    other = run_config(cfg, "door-open", "relam-gt", 0)["ppo"]
+    assert "keypoint_depth" not in other and "task_overrides" not in other
+
+
+def test_ppo_task_overrides_apply_to_their_task_only_and_refuse_grid_settings_and_unknown_keys(tmp_path):
+    cfg = _tiny_cfg(tmp_path, task_overrides={"door-open": {"keypoint_depth": "xyz", "learning_rate": 1e-3}})
+    door, drawer = cfg.ppo.for_task("door-open"), cfg.ppo.for_task("drawer-open")
+    assert (door.keypoint_depth, door.learning_rate) == ("xyz", 1e-3) and door.task_overrides == {}
+    assert (drawer.keypoint_depth, drawer.learning_rate) == (False, 3e-4)
+    assert cfg.ppo.keypoint_depth is False                               # the section itself is unchanged
+    with pytest.raises(ValueError, match=r"ppo.task_overrides.door-open sets \['seeds'\].*whole grid"):
+        _tiny_cfg(tmp_path, task_overrides={"door-open": {"seeds": [0]}})
+    with pytest.raises(ValueError, match="keypoint_dept"):
+        _tiny_cfg(tmp_path, task_overrides={"door-open": {"keypoint_dept": "xyz"}})
+    with pytest.raises(ValueError, match="door-opne"):
+        _tiny_cfg(tmp_path, task_overrides={"door-opne": {"keypoint_depth": "xyz"}})

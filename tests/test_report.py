@@ -196,7 +196,13 @@ def test_table4_says_when_ppo_explores_with_gsde(tmp_path):
 
     _run(tmp_path, "drawer-open", "relam", 0, 1.0)
     cfg = load_config("smoke", {"results_dir": str(tmp_path), "ppo": {"seeds": [0]}})
-    assert not cfg.ppo.use_sde and "gSDE" not in write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    assert not cfg.ppo.use_sde and "gSDE" not in md and "PPO policies of" not in md
+    cfg.ppo.task_overrides = {"drawer-open": {"keypoint_depth": "xyz"}}
+    md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
+    assert ("PPO policies of drawer-open also observe each keypoint's 3-D position (world frame) "
+            "(`ppo.task_overrides.drawer-open.keypoint_depth: xyz`; ours)") in md
+    cfg.ppo.task_overrides = {}
     cfg = load_config("smoke", {"results_dir": str(tmp_path),
                                 "ppo": {"seeds": [0], "use_sde": True, "sde_sample_freq": 4, "log_std_init": -2.0}})
     md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()

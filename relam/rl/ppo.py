@@ -140,6 +140,29 @@ class PPOConfig:
     point's place along its view ray open."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
+    task_overrides: dict = field(default_factory=dict)
+    """{task: overrides of this section} for that task's runs (ours; the paper uses one setting for all tasks), e.g.
+    ``{door-open: {keypoint_depth: xyz}}``; the grid's own settings (tasks, methods, seeds, workers) are not
+    per task. ``for_task`` applies them; a run's config.json holds its task's resolved settings."""
+
+    def __post_init__(self):
+        if self.task_overrides:
+            from relam.config import check_task_overrides
+            for task, over in self.task_overrides.items():
+                grid = sorted(set(over) & set(GRID_SETTINGS)) if isinstance(over, dict) else []
+                if grid:
+                    raise ValueError(f"ppo.task_overrides.{task} sets {grid}, which belong to the whole grid: set "
+                                     f"them in ppo itself")
+            check_task_overrides(self, "ppo")
+
+    def for_task(self, task: str | None) -> "PPOConfig":
+        """The PPO settings of ``task``'s runs: ``task_overrides[task]`` applied, no per-task overrides left."""
+        from relam.config import section_for_task
+        return section_for_task(self, task, "ppo")
+
+
+GRID_SETTINGS = ("tasks", "methods", "seeds", "workers")
+"""PPO settings of the grid as a whole, not of one task's runs (``PPOConfig.task_overrides`` refuses them)."""
 
 
 # --- environments ---------------------------------------------------------------------------------------
@@ -153,7 +176,7 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
 
     pc = cfg.perception.for_task(task)
     if method in ("relam", "env-reward"):
-        run = anticipation_run or cfg.ppo.anticipation_run
+        run = anticipation_run or cfg.ppo.for_task(task).anticipation_run
         ckpt = anticipation_dir(cfg, task, run) / "checkpoint.pt"
         if run == "multitask" and task not in multitask_tasks(cfg):
             raise ValueError(f"{task} has its own keypoint count (K = {task_keypoints(cfg, task)}, "
@@ -214,9 +237,10 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     from relam.envs import make_task
     from relam.rl.env import EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
-    if cfg.ppo.policy not in ("pixels", "keypoints"):
-        raise ValueError(f"unknown policy {cfg.ppo.policy!r}; choose 'pixels' or 'keypoints'")
-    image_obs = (cfg.ppo.policy == "pixels") if image_obs is None else image_obs
+    policy = cfg.ppo.for_task(task_name).policy
+    if policy not in ("pixels", "keypoints"):
+        raise ValueError(f"unknown policy {policy!r}; choose 'pixels' or 'keypoints'")
+    image_obs = (policy == "pixels") if image_obs is None else image_obs
     task = make_task(task_name, image_size=cfg.env.image_size)
     env = ReLAMRewardWrapper(TaskEnv(task, seed_pool, goal_obs), planner, SimOnlineTracker(task), planner.num_keypoints,
                              reward_config(cfg, task_name, planner.generated, getattr(planner, "plan_error", None)),
@@ -338,7 +362,7 @@ def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict
     return res
 
 
-def _callback(run_dir: Path, eval_env, cfg, state: dict):
+def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class RunCallback(BaseCallback):
@@ -347,7 +371,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
         def _on_training_start(self):
             self.episodes = []
             self.t_last, self.n_last = time.perf_counter(), self.num_timesteps
-            self.next_eval = (self.num_timesteps // cfg.ppo.eval_every + 1) * cfg.ppo.eval_every
+            self.next_eval = (self.num_timesteps // p.eval_every + 1) * p.eval_every
 
         def _on_step(self):
             for info in self.locals["infos"]:
@@ -355,8 +379,8 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
                     self.episodes.append((info.get("episode_success", False), info.get("reached_last", False),
                                           info["episode"]["r"], info["episode"]["l"]))
             # the last evaluation waits for the end of learn(): here it would see the model before its last update
-            if self.next_eval <= self.num_timesteps < cfg.ppo.total_steps:
-                self.next_eval += cfg.ppo.eval_every
+            if self.next_eval <= self.num_timesteps < p.total_steps:
+                self.next_eval += p.eval_every
                 self._evaluate()
             return True
 
@@ -377,7 +401,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
                 self.logger.record("rollout/last_subgoal_rate", row[3])
 
         def _evaluate(self):
-            res = evaluate_point(self.model, eval_env, run_dir, cfg.ppo, state)
+            res = evaluate_point(self.model, eval_env, run_dir, p, state)
             for key in ("success_rate", "last_subgoal_rate", "validation_success_rate"):
                 if key in res:
                     self.logger.record(f"eval/{key}", res[key])
@@ -389,7 +413,7 @@ def _callback(run_dir: Path, eval_env, cfg, state: dict):
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
                          ("sde_sample_freq",): -1, ("log_std_init",): 0.0,
-                         ("keypoint_depth",): False}
+                         ("keypoint_depth",): False, ("task_overrides",): {}}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
 
@@ -436,7 +460,7 @@ def save_checkpoint(run_dir: Path, model, state: dict) -> None:
 
 def run_config(cfg, task: str, method: str, seed: int) -> dict:
     """What defines a run (its config.json): changing any of it starts the run over."""
-    p = cfg.ppo
+    p = cfg.ppo.for_task(task)
     ppo = without_options_off(asdict(p) | {"tasks": None, "methods": None, "seeds": None, "workers": None},
                               PPO_OPTIONS_ADDED_OFF)
     return {"task": task, "method": method, "seed": seed, "ppo": ppo,
@@ -458,7 +482,8 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     torch.set_num_threads(cfg.torch_threads)
-    lr = learning_rate(cfg.ppo)           # a bad schedule name fails before anything is written
+    p = cfg.ppo.for_task(task)
+    lr = learning_rate(p)                 # a bad schedule name fails before anything is written
     run_dir = run_dir_of(cfg, task, method, seed)
     done = begin_run(run_dir, run_config(cfg, task, method, seed),
                      ("checkpoint.zip", "vecnormalize.pkl", "state.json", "train.csv", "eval.csv", "model.zip",
@@ -469,7 +494,6 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
 
     from relam.rl.hrl import GAECutVecEnv
 
-    p = cfg.ppo
     planner = make_planner(task, method, cfg)
     pool = np.arange(TRAIN_SEED_OFFSET, TRAIN_SEED_OFFSET + p.train_seed_pool)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
@@ -515,7 +539,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
         if remaining > 0:
-            model.learn(remaining, callback=_callback(run_dir, eval_env, cfg, state), reset_num_timesteps=False)
+            model.learn(remaining, callback=_callback(run_dir, eval_env, p, state), reset_num_timesteps=False)
         if not state["evals"] or state["evals"][-1]["step"] < model.num_timesteps:
             evaluate_point(model, eval_env, run_dir, p, state)
     seconds = time.perf_counter() - t0
