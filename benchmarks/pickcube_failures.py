@@ -47,7 +47,7 @@ def main() -> None:
     with_subgoal = observed_subgoal(cfg, "PickCube", a.method)
     source = "relam-gt" if a.method == "relam-gt" else "relam"
     env = make_env("PickCube", make_planner("PickCube", source, cfg, cfg.iql.anticipation_run), cfg,
-                   image_obs=False, goal_obs=goal_obs, keypoint_depth=bool(settings.get("keypoint_depth", False)))
+                   image_obs=False, goal_obs=goal_obs, keypoint_depth=settings.get("keypoint_depth", False))   # False, True or "xyz"
     policy = load_policy(run / "model.pt")
     rows = []
     for i in range(a.episodes):
