@@ -138,8 +138,8 @@ class PPOConfig:
     """Ours (off): the keypoint observation also carries each keypoint's camera depth (True) or 3-D world position
     ('xyz'), as ``iql.keypoint_depth`` (``relam.rl.env.depth_observation``): one camera's 2-D keypoints leave a
     point's place along its view ray open. Measured at ``cpu`` (door-open, 150k, validation-selected, 2026-12-05):
-    ``relam`` 6 seeds 80 / 0 / 80 / 50 / 90 / 20 -> 60 / 100 / 90 / 10 / 40 / 0 % (53.3 -> 50.0), ``relam-gt`` 3 seeds
-    36.7 -> 46.7; seeds 0-2 alone looked like a fix (53.3 -> 83.3), so it stays off (README, stage 05)."""
+    ``relam`` 6 seeds 80 / 0 / 80 / 50 / 90 / 20 -> 60 / 100 / 90 / 10 / 40 / 0 % (53.3 -> 50.0), ``relam-gt`` 6 seeds
+    43.3 -> 38.3; seeds 0-2 alone looked like a fix (``relam`` 53.3 -> 83.3), so it stays off (README, stage 05)."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
     task_overrides: dict = field(default_factory=dict)
