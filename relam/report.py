@@ -250,6 +250,10 @@ def expected_seeds_of(cfg) -> dict[str, list[int]]:
     return {t: list(cfg.ppo.seeds) for t in cfg.ppo.tasks} | {t: list(cfg.iql.seeds) for t in cfg.iql.tasks}
 
 
+DEPTH_WORDS = {True: "camera depth", "xyz": "3-D position (world frame)"}
+"""How Table 4's caption names what a ``keypoint_depth`` setting adds to the policies' observation."""
+
+
 def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None = None, cfg=None) -> dict[str, Path]:
     """Collect ``<out>/runs`` into Table 4 and write ``table4.md``, ``table4.csv`` (long, numeric) and
     ``table4.tex`` to ``dest`` (default ``out``), atomically. With ``cfg``, runs made under other settings are
@@ -273,7 +277,7 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
         departures.append("ManiSkill policies also observe the task's goal position, ManiSkill's `goal_pos` "
                           "(`iql.goal_observation: true`; ours, a reading of the paper's observation).")
     if cfg is not None and cfg.iql.keypoint_depth:
-        what = "3-D position (world frame)" if cfg.iql.keypoint_depth == "xyz" else "camera depth"
+        what = DEPTH_WORDS[cfg.iql.keypoint_depth]
         departures.append(f"ManiSkill policies also observe each keypoint's {what}, as an RGB-D camera gives it "
                           f"(`iql.keypoint_depth: {cfg.iql.keypoint_depth}`; ours; the paper's keypoints are 2-D).")
     generated_view = None if cfg is None else cfg.iql.subgoal_observation_generated
@@ -296,7 +300,7 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
     deep = {} if cfg is None else {t: cfg.ppo.for_task(t).keypoint_depth for t in cfg.ppo.tasks}
     for setting in dict.fromkeys(d for d in deep.values() if d):
         tasks = [t for t, d in deep.items() if d == setting]
-        what = "3-D position (world frame)" if setting == "xyz" else "camera depth"
+        what = DEPTH_WORDS[setting]
         where = (f"`ppo.keypoint_depth: {setting}`" if cfg.ppo.keypoint_depth == setting else
                  " ".join(f"`ppo.task_overrides.{t}.keypoint_depth: {setting}`" for t in tasks))
         departures.append(f"PPO policies of {', '.join(tasks)} also observe each keypoint's {what} ({where}; ours).")
