@@ -477,6 +477,34 @@ def test_gsde_run_explores_with_state_dependent_noise_and_is_absent_from_configs
     assert not {"use_sde", "sde_sample_freq", "log_std_init"} & set(off)
 
 
+def test_squashed_gsde_actions_stay_in_the_box_and_the_option_needs_gsde_and_is_absent_when_off(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import run_config
+    with pytest.raises(ValueError, match="squash_output needs ppo.use_sde"):
+        _tiny_cfg(tmp_path / "bad", squash_output=True)
+    cfg = _tiny_cfg(tmp_path, use_sde=True, sde_sample_freq=4, log_std_init=-2.0, squash_output=True)
+    train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert json.loads((rd / "config.json").read_text())["ppo"]["squash_output"] is True
+    model = PPO.load(rd / "model.zip", device="cpu")
+    assert model.policy.squash_output
+    # a mean pushed far past the box: the squashed action stays inside it, with a finite log-probability, where the
+    # unsquashed policy's mean would sit at 5 and be clipped
+    with torch.no_grad():
+        model.policy.action_net.bias.fill_(5.0)
+    obs = {k: np.stack([v.sample() for _ in range(8)]) for k, v in model.observation_space.spaces.items()}
+    ot, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        det = model.policy._predict(ot, deterministic=True)
+        dist = model.policy.get_distribution(ot)
+        sample = dist.get_actions()
+        logp = dist.log_prob(sample)
+    assert det.abs().max() < 1.0 and det.min() > 0.5 and sample.abs().max() <= 1.0
+    assert torch.isfinite(logp).all()
+    # off (the default): absent from the run config, so runs made before the option stay current
+    assert "squash_output" not in run_config(_tiny_cfg(tmp_path / "off", use_sde=True), "drawer-open", "relam-gt", 0)["ppo"]
+
+
 def test_keypoint_depth_run_observes_each_keypoints_3d_position_and_is_absent_from_configs_when_off(tmp_path):
     from stable_baselines3 import PPO
     from relam.rl.ppo import evaluate, make_env, make_planner, run_config

@@ -118,6 +118,12 @@ class PPOConfig:
     6.7 -> 3.3 and relam-gt 26.7 -> 23.3 (3 seeds: within the spread). Off here, as the paper's PPO."""
     sde_sample_freq: int = -1
     """With ``use_sde``: resample the noise weights every this many steps (-1: once per rollout, SB3's default)."""
+    squash_output: bool = False
+    """Ours (off; needs ``use_sde``, SB3 offers it only there): the action is tanh of the Gaussian sample (SB3
+    ``squash_output``, log-probabilities corrected), so it always lies in the action box. Why one might: with
+    clipping, the policy's mean can drift past the box (door-open's ``cpu`` policies: the raw mean beyond +-1 in
+    13-58 % of steps per action dimension), where the exploration noise no longer changes the executed action and
+    that dimension stops learning."""
     log_std_init: float = 0.0
     """Initial log std of the action noise (SB3's default 0). With ``use_sde`` the noise std is about
     exp(log_std_init) x the norm of the policy's last hidden layer (~8 for 256 tanh units), hence RL Zoo's -2."""
@@ -148,6 +154,9 @@ class PPOConfig:
     per task. ``for_task`` applies them; a run's config.json holds its task's resolved settings."""
 
     def __post_init__(self):
+        if self.squash_output and not self.use_sde:
+            raise ValueError("ppo.squash_output needs ppo.use_sde: true (Stable-Baselines3 squashes gSDE actions only); "
+                             "set both, or leave squash_output false")
         if self.task_overrides:
             from relam.config import check_task_overrides
             for task, over in self.task_overrides.items():
@@ -297,6 +306,8 @@ def policy_kwargs(p: PPOConfig) -> dict:
         kw["features_extractor_kwargs"] = {"diff_scale": p.diff_scale}
     if p.log_std_init != 0.0:
         kw["log_std_init"] = p.log_std_init
+    if p.squash_output:
+        kw["squash_output"] = True
     return kw
 
 
@@ -414,7 +425,7 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
 
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
-                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0,
+                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False,
                          ("keypoint_depth",): False, ("task_overrides",): {}}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
