@@ -505,6 +505,23 @@ def test_squashed_gsde_actions_stay_in_the_box_and_the_option_needs_gsde_and_is_
     assert "squash_output" not in run_config(_tiny_cfg(tmp_path / "off", use_sde=True), "drawer-open", "relam-gt", 0)["ppo"]
 
 
+def test_target_kl_stops_an_updates_epochs_early_and_is_absent_from_configs_when_off(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.ppo import run_config
+    epochs_run = {}
+    for name, over in (("off", {}), ("kl", {"target_kl": 1e-9})):
+        cfg = _tiny_cfg(tmp_path / name, n_epochs=3, **over)
+        train_run(cfg, "drawer-open", "relam-gt", 0)
+        rd = tmp_path / name / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+        epochs_run[name] = PPO.load(rd / "model.zip", device="cpu")._n_updates   # epochs over the 2 rollouts
+        saved = json.loads((rd / "config.json").read_text())["ppo"]
+        assert saved.get("target_kl") == over.get("target_kl")
+        assert ("target_kl" in saved) == bool(over)
+    # without it every rollout is trained its 3 epochs; with a KL bound no update can meet, each stops in its first
+    assert epochs_run == {"off": 6, "kl": 2}
+    assert "target_kl" not in run_config(_tiny_cfg(tmp_path / "x"), "drawer-open", "relam-gt", 0)["ppo"]
+
+
 def test_keypoint_depth_run_observes_each_keypoints_3d_position_and_is_absent_from_configs_when_off(tmp_path):
     from stable_baselines3 import PPO
     from relam.rl.ppo import evaluate, make_env, make_planner, run_config

@@ -87,6 +87,11 @@ class PPOConfig:
     """Value loss weight (paper)."""
     max_grad_norm: float = 0.5
     """Gradient clip (paper)."""
+    target_kl: float | None = None
+    """Ours (None: off, SB3's default; the paper gives none): stop an update's epochs early once the approximate KL
+    between the old and the new policy exceeds 1.5 x this (SB3 ``target_kl``), so that one rollout cannot move the
+    policy far. Why one might: door-open's policies learn and then collapse (a ``relam-gt`` seed at 40 % from 30k
+    to 45k steps, 0 % from 60k)."""
     gae_cut: bool = True
     """Cut GAE at subgoal completion (paper App. A.3); False for the ablation."""
     normalize_reward: bool = True
@@ -123,7 +128,9 @@ class PPOConfig:
     ``squash_output``, log-probabilities corrected), so it always lies in the action box. Why one might: with
     clipping, the policy's mean can drift past the box (door-open's ``cpu`` policies: the raw mean beyond +-1 in
     13-58 % of steps per action dimension), where the exploration noise no longer changes the executed action and
-    that dimension stops learning."""
+    that dimension stops learning. Measured at ``cpu`` (door-open ``relam``, 150k, 6 seeds, validation-selected,
+    2026-12-05): 80 / 0 / 80 / 50 / 90 / 20 -> 0 / 50 / 70 / 10 / 0 / 10 % (53.3 -> 23.3); the squashed policies
+    still sit at the box's edge (pre-tanh mean beyond +-2 in 7-48 % of steps), so it stays off (README, stage 05)."""
     log_std_init: float = 0.0
     """Initial log std of the action noise (SB3's default 0). With ``use_sde`` the noise std is about
     exp(log_std_init) x the norm of the policy's last hidden layer (~8 for 256 tanh units), hence RL Zoo's -2."""
@@ -425,7 +432,7 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
 
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
-                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False,
+                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False, ("target_kl",): None,
                          ("keypoint_depth",): False, ("task_overrides",): {}}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
@@ -541,7 +548,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
             (run_dir / name).unlink(missing_ok=True)
         model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
-                    clip_range=p.clip_range, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+                    clip_range=p.clip_range, target_kl=p.target_kl, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
                     use_sde=p.use_sde, sde_sample_freq=p.sde_sample_freq, policy_kwargs=policy_kwargs(p),
                     seed=seed, device="cpu", verbose=0)
     from stable_baselines3.common.logger import configure
