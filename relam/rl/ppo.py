@@ -91,7 +91,9 @@ class PPOConfig:
     """Ours (None: off, SB3's default; the paper gives none): stop an update's epochs early once the approximate KL
     between the old and the new policy exceeds 1.5 x this (SB3 ``target_kl``), so that one rollout cannot move the
     policy far. Why one might: door-open's policies learn and then collapse (a ``relam-gt`` seed at 40 % from 30k
-    to 45k steps, 0 % from 60k)."""
+    to 45k steps, 0 % from 60k). Measured at ``cpu`` (door-open ``relam``, 0.02, seeds 0-2, 2026-12-05): 0 / 0 / 0 %
+    at 120k-135k steps (stopped; the profile 80 / 0 / 80), no stage past the first, so it stays off (README,
+    stage 05)."""
     gae_cut: bool = True
     """Cut GAE at subgoal completion (paper App. A.3); False for the ablation."""
     normalize_reward: bool = True
