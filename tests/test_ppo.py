@@ -502,7 +502,8 @@ def test_squashed_gsde_actions_stay_in_the_box_and_the_option_needs_gsde_and_is_
     assert det.abs().max() < 1.0 and det.min() > 0.5 and sample.abs().max() <= 1.0
     assert torch.isfinite(logp).all()
     # off (the default): absent from the run config, so runs made before the option stay current
-    assert "squash_output" not in run_config(_tiny_cfg(tmp_path / "off", use_sde=True), "drawer-open", "relam-gt", 0)["ppo"]
+    off = run_config(_tiny_cfg(tmp_path / "off", use_sde=True), "drawer-open", "relam-gt", 0)["ppo"]
+    assert "squash_output" not in off
 
 
 def test_target_kl_stops_an_updates_epochs_early_and_is_absent_from_configs_when_off(tmp_path):

@@ -164,8 +164,8 @@ class PPOConfig:
 
     def __post_init__(self):
         if self.squash_output and not self.use_sde:
-            raise ValueError("ppo.squash_output needs ppo.use_sde: true (Stable-Baselines3 squashes gSDE actions only); "
-                             "set both, or leave squash_output false")
+            raise ValueError("ppo.squash_output needs ppo.use_sde: true (Stable-Baselines3 squashes gSDE actions "
+                             "only); set both, or leave squash_output false")
         if self.task_overrides:
             from relam.config import check_task_overrides
             for task, over in self.task_overrides.items():
@@ -434,7 +434,8 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
 
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
-                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False, ("target_kl",): None,
+                         ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False,
+                         ("target_kl",): None,
                          ("keypoint_depth",): False, ("task_overrides",): {}}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
@@ -550,7 +551,8 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
             (run_dir / name).unlink(missing_ok=True)
         model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
-                    clip_range=p.clip_range, target_kl=p.target_kl, ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+                    clip_range=p.clip_range, target_kl=p.target_kl, ent_coef=p.ent_coef, vf_coef=p.vf_coef,
+                    max_grad_norm=p.max_grad_norm,
                     use_sde=p.use_sde, sde_sample_freq=p.sde_sample_freq, policy_kwargs=policy_kwargs(p),
                     seed=seed, device="cpu", verbose=0)
     from stable_baselines3.common.logger import configure
