@@ -46,8 +46,9 @@ def main() -> None:
         "goal_observation": goal_obs, "subgoal_observation": view, "subgoal_observation_generated": None}})
     with_subgoal = observed_subgoal(cfg, "PickCube", a.method)
     source = "relam-gt" if a.method == "relam-gt" else "relam"
+    # keypoint_depth passes through as the run saved it: False, True or "xyz"
     env = make_env("PickCube", make_planner("PickCube", source, cfg, cfg.iql.anticipation_run), cfg,
-                   image_obs=False, goal_obs=goal_obs, keypoint_depth=settings.get("keypoint_depth", False))   # False, True or "xyz"
+                   image_obs=False, goal_obs=goal_obs, keypoint_depth=settings.get("keypoint_depth", False))
     policy = load_policy(run / "model.pt")
     rows = []
     for i in range(a.episodes):
