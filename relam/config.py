@@ -45,6 +45,13 @@ class DemoConfig:
     """Demo attempt i uses reset seed ``seed_offset + i``; evaluation seeds live far away (1_000_000+)."""
     max_attempts_factor: float = 2.0
     """Give up (clear error) after ``n_demos * factor`` attempts if the expert keeps failing."""
+    unseen: int = 0
+    """Unseen demos per task (ours): collected from ``unseen_seed_offset`` on, never trained on, for a less noisy
+    held-out error of the anticipation models than their ``val_fraction`` split gives (5 demos at ``cpu``);
+    notebook 04 reports both (``relam.models.unseen_demos``). 0: none."""
+    unseen_seed_offset: int = 200_000
+    """First reset seed of the unseen demos: past the demos' and the offline data's seeds (500 000 on), before the
+    RL training (2 000 000) and evaluation (1 000 000) ones."""
 
 
 @dataclass

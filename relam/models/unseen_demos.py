@@ -1,0 +1,68 @@
+"""Held-out errors of finished anticipation models on UNSEEN demos: expert demos from reset seeds that no stage
+trained on (``demos.unseen_seed_offset`` on), extracted with each task's own perception settings.
+
+Why: at ``cpu`` a model holds out 5 of its task's 50 demos (``val_fraction`` 0.1), and 5 demos give a noisy error.
+Door-open's model read 2.7 / 5.0 px (x^0 / plan) on its 5 held-out demos and 5.4 / 7.9 px on 50 unseen ones
+(2026-12-05). The generated-plan threshold (``reward.delta_generated: model``) reads the 5-demo number
+(``held_out_plan_error``). Notebook 04 reports both.
+
+The unseen demos live in ``results/<profile>/unseen_demos/{demos,subgoals}/`` and are collected once, like the
+training demos (a rerun with the same settings skips them).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relam.models.anticipation import check_num_keypoints
+from relam.models.train_anticipation import Features, Sample, evaluate, goals_from_simulator, load_model
+
+
+def unseen_config(cfg):
+    """A copy of ``cfg`` whose demos are the unseen ones: ``demos.unseen`` of them, from ``demos.unseen_seed_offset``,
+    under ``<out>/unseen_demos``."""
+    if cfg.demos.unseen < 1:
+        raise ValueError(f"demos.unseen is {cfg.demos.unseen}: set it to the number of unseen demos per task to "
+                         "collect (the cpu profile uses 50)")
+    out = copy.deepcopy(cfg)
+    out.results_dir = str(cfg.out / "unseen_demos")
+    out.demos.n_demos, out.demos.seed_offset = cfg.demos.unseen, cfg.demos.unseen_seed_offset
+    return out
+
+
+def collect_unseen(cfg, task: str, progress: bool = True):
+    """Collect (or reuse) ``task``'s unseen demos and their subgoal data; returns its ``SubgoalDataset``."""
+    from relam.data.demos import collect_demos
+    from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, subgoal_path
+
+    ucfg = unseen_config(cfg)
+    collect_demos(ucfg, task, progress)
+    build_subgoal_dataset(ucfg, task, progress)
+    return SubgoalDataset.load(subgoal_path(ucfg.out, task), task)
+
+
+@torch.no_grad()
+def errors_on_demos(run_dir: Path | str, ds, indices=None) -> dict:
+    """Held-out metrics (``train_anticipation.evaluate``: x0_px, subgoal_px, len_err, x1_px, x1_max_px) of the finished
+    model in ``run_dir`` on demos ``indices`` (default: all) of subgoal dataset ``ds``, planned as the run planned
+    its own held-out demos: the task-indication frame and goal statistics of the run, the demo's own goal."""
+    model, ckpt = load_model(Path(run_dir) / "checkpoint.pt")
+    tasks = list(ckpt["tasks"])
+    if ds.task not in tasks:
+        raise ValueError(f"the model in {run_dir} was trained on {tasks}, not on {ds.task!r}: pass a run of that task")
+    check_num_keypoints(model.cfg.num_keypoints, ds.num_keypoints)
+    idx = range(len(ds.subgoals)) if indices is None else list(indices)
+    size = ckpt["task_frames"].shape[1]
+    if model.cfg.goal_input:
+        goals_from_simulator({ds.task: ds}, size)
+    samples = [Sample(ds.task, ds.first_frames[i], tasks.index(ds.task), ds.subgoals[i],
+                      None if ds.goals is None else np.asarray(ds.goals[i], np.float32)) for i in idx]
+    if not samples:
+        raise ValueError("no demos to evaluate on")
+    out = evaluate(model, Features(model, np.asarray(ckpt["task_frames"]), None), samples, size)
+    out.pop("per_task")
+    return {**out, "n": len(samples), "seeds": [int(ds.seeds[i]) for i in idx]}
+
