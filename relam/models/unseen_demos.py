@@ -2,8 +2,8 @@
 trained on (``demos.unseen_seed_offset`` on), extracted with each task's own perception settings.
 
 Why: at ``cpu`` a model holds out 5 of its task's 50 demos (``val_fraction`` 0.1), and 5 demos give a noisy error.
-Door-open's model read 2.7 / 5.0 px (x^0 / plan) on its 5 held-out demos and 5.4 / 7.9 px on 50 unseen ones
-(2026-12-05). The generated-plan threshold (``reward.delta_generated: model``) reads the 5-demo number
+Door-open's model read 2.7 / 5.0 px (x^0 / plan) on its 5 held-out demos and 6.1 / 8.8 px on 50 unseen ones
+(2026-12-05; README, stage 04). The generated-plan threshold (``reward.delta_generated: model``) reads the 5-demo number
 (``held_out_plan_error``). Notebook 04 reports both.
 
 The unseen demos live in ``results/<profile>/unseen_demos/{demos,subgoals}/`` and are collected once, like the
