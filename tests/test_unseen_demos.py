@@ -47,4 +47,5 @@ def test_unseen_demos_come_from_their_own_seeds_and_are_measured_as_the_runs_hel
     with pytest.raises(ValueError, match="trained on"):
         errors_on_demos(run, unseen)
     with pytest.raises(ValueError, match="demos.unseen"):
-        collect_unseen(load_config("smoke", {"results_dir": str(tmp_path)}), TASK, progress=False)
+        collect_unseen(load_config("smoke", {"results_dir": str(tmp_path), "demos": {"unseen": 0}}), TASK,
+                       progress=False)
