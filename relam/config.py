@@ -52,6 +52,17 @@ class DemoConfig:
     unseen_seed_offset: int = 200_000
     """First reset seed of the unseen demos: past the demos' and the offline data's seeds (500 000 on), before the
     RL training (2 000 000) and evaluation (1 000 000) ones."""
+    task_overrides: dict = field(default_factory=dict)
+    """{task: overrides of this section} for that task's demos (ours; the paper collects 100 per task), e.g.
+    ``{door-open: {n_demos: 100}}``. ``for_task`` applies them. Why: the ``cpu`` profile's comments."""
+
+    def __post_init__(self):
+        check_task_overrides(self, "demos")
+
+    def for_task(self, task: str | None) -> "DemoConfig":
+        """The demo settings of ``task``: this section with ``task_overrides[task]`` applied and no per-task overrides
+        left. ``None``: the profile's own."""
+        return section_for_task(self, task, "demos")
 
 
 @dataclass

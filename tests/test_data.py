@@ -104,3 +104,27 @@ def test_object_motion_is_reported(tmp_path):
     m = demos.object_motion_px(demos.demo_path(cfg, "drawer-open"))
     assert m["threshold_px"] == pytest.approx(15.36)
     assert m["ok"] and m["min_px"] > 20  # the drawer-open camera was chosen for ~30 px
+
+
+def test_a_tasks_own_number_of_demos_is_collected_extracted_and_refused_when_misspelt(tmp_path):
+    from relam.models.unseen_demos import unseen_config
+    from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, subgoal_path
+
+    over = {"results_dir": str(tmp_path / "res"), "env": {"tasks": ["button-press-wall", "drawer-open"]},
+            "demos": {"n_demos": 2, "unseen": 1, "task_overrides": {"button-press-wall": {"n_demos": 3}}}}
+    cfg = load_config("smoke", over)
+    assert cfg.demos.for_task("drawer-open").n_demos == 2 and cfg.demos.for_task("button-press-wall").n_demos == 3
+    assert demos.collect_demos(cfg, "button-press-wall", progress=False)["demos"] == 3
+    build_subgoal_dataset(cfg, "button-press-wall", progress=False)
+    data = SubgoalDataset.load(subgoal_path(cfg.out, "button-press-wall"))
+    assert len(data.subgoals) == 3 and data.settings["n_demos"] == 3
+    assert demos.collect_demos(cfg, "button-press-wall", progress=False)["skipped"]
+    # the override is part of what the stored demos were made under: changing it collects them again
+    fewer = load_config("smoke", {**over, "demos": {**over["demos"], "task_overrides": {}}})
+    assert demos.collect_demos(fewer, "button-press-wall", progress=False)["demos"] == 2
+    # a task's own training demos do not set its number of unseen ones
+    assert unseen_config(cfg).demos.for_task("button-press-wall").n_demos == 1
+    with pytest.raises(ConfigError, match="n_demo"):
+        load_config("smoke", {"demos": {"task_overrides": {"button-press-wall": {"n_demo": 3}}}})
+    with pytest.raises(ValueError, match="unknown task|button-press-wal"):
+        load_config("smoke", {"demos": {"task_overrides": {"button-press-wal": {"n_demos": 3}}}})

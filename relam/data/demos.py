@@ -32,10 +32,10 @@ def offline_path(cfg: Config, task: str) -> Path:
 
 
 def _demo_settings(cfg: Config, task: str) -> dict:
-    spec = task_spec(task)
-    return {"task": task, "image_size": cfg.env.image_size, "n_requested": cfg.demos.n_demos,
-            "extra_frames_after_success": cfg.demos.extra_frames_after_success,
-            "seed_offset": cfg.demos.seed_offset, "prompts": list(spec.prompts),
+    spec, dc = task_spec(task), cfg.demos.for_task(task)
+    return {"task": task, "image_size": cfg.env.image_size, "n_requested": dc.n_demos,
+            "extra_frames_after_success": dc.extra_frames_after_success,
+            "seed_offset": dc.seed_offset, "prompts": list(spec.prompts),
             "camera_spec": asdict(spec.camera), "show_goal": spec.show_goal}
 
 
@@ -46,14 +46,15 @@ def _up_to_date(path: Path, settings: dict) -> bool:
 
 
 def collect_demos(cfg: Config, task: str, progress: bool = True) -> dict:
-    """Collect ``cfg.demos.n_demos`` successful expert demos of ``task``; returns a summary dict.
+    """Collect ``n_demos`` successful expert demos of ``task`` (``cfg.demos.for_task(task)``); returns a summary dict.
     Failed expert attempts are not stored; their count gives the expert's success rate."""
     path = demo_path(cfg, task)
     settings = _demo_settings(cfg, task)
     if _up_to_date(path, settings):
         a = read_attrs(path)
         return {"task": task, "path": str(path), "skipped": True, **_summary(a)}
-    n, factor = cfg.demos.n_demos, cfg.demos.max_attempts_factor
+    dc = cfg.demos.for_task(task)
+    n, factor = dc.n_demos, dc.max_attempts_factor
     env = make_task(task, image_size=cfg.env.image_size)
     writer = EpisodeWriter(path, settings, control=False)
     attempts, failed, frames, ok = 0, [], 0, False
@@ -65,9 +66,9 @@ def collect_demos(cfg: Config, task: str, progress: bool = True) -> dict:
                     raise ExpertFailedError(
                         f"{task}: the scripted expert succeeded only {writer.count}/{attempts} times; "
                         "check the task/camera settings or raise demos.max_attempts_factor")
-                seed = cfg.demos.seed_offset + attempts
+                seed = dc.seed_offset + attempts
                 attempts += 1
-                ep = rollout(env, seed, expert_policy, cfg.demos.extra_frames_after_success)
+                ep = rollout(env, seed, expert_policy, dc.extra_frames_after_success)
                 if ep.succeeded:
                     writer.add(ep)
                     frames += ep.length
@@ -118,7 +119,7 @@ def collect_offline(cfg: Config, task: str, progress: bool = True) -> dict:
                 rng, noise_state = np.random.default_rng(seed), {}  # per-trajectory (correlated) noise
                 policy = lambda t, obs, step, rng=rng, st=noise_state: noisy_action(
                     t.expert_action(obs), rng, step, params, st)
-            ep = rollout(env, seed, policy, cfg.demos.extra_frames_after_success)
+            ep = rollout(env, seed, policy, cfg.demos.for_task(task).extra_frames_after_success)
             writer.add(ep, noisy=(kind == "noisy"))
             wins[kind] += ep.succeeded
         ok = True

@@ -30,6 +30,7 @@ def unseen_config(cfg):
     out = copy.deepcopy(cfg)
     out.results_dir = str(cfg.out / "unseen_demos")
     out.demos.n_demos, out.demos.seed_offset = cfg.demos.unseen, cfg.demos.unseen_seed_offset
+    out.demos.task_overrides = {}   # a task's own number of training demos is not its number of unseen ones
     return out
 
 

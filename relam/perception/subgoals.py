@@ -74,7 +74,7 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
     path = subgoal_path(cfg.out, task)
     settings = json.loads(json.dumps({"task": task, "segmenter": pc.segmenter, "tracker": pc.tracker,
                                       "keypoints": asdict(pc.keypoints), "keyframes": asdict(pc.keyframes),
-                                      "n_demos": cfg.demos.n_demos}))
+                                      "n_demos": cfg.demos.for_task(task).n_demos}))
     done = read_attrs(path)  # None if missing, incomplete or corrupt: rebuilt atomically below
     if done is not None and done.get("settings") == settings:
         return {"task": task, "path": str(path), "skipped": True, **done["summary"]}

@@ -224,7 +224,7 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         return CachedPlanner(planner)
     if method == "relam-gt":
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
-                                           cfg.demos.extra_frames_after_success))
+                                           cfg.demos.for_task(task).extra_frames_after_success))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
