@@ -66,4 +66,3 @@ def errors_on_demos(run_dir: Path | str, ds, indices=None) -> dict:
     out = evaluate(model, Features(model, np.asarray(ckpt["task_frames"]), None), samples, size)
     out.pop("per_task")
     return {**out, "n": len(samples), "seeds": [int(ds.seeds[i]) for i in idx]}
-
