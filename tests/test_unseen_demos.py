@@ -8,7 +8,7 @@ import pytest
 from relam.config import load_config
 from relam.data.demos import collect_demos, demo_path
 from relam.models.train_anticipation import train_profile
-from relam.models.unseen_demos import collect_unseen, errors_on_demos
+from relam.models.unseen_demos import collect_unseen, errors_on_demos, unseen_error_rows
 from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, subgoal_path
 
 TASK = "button-press-wall"
@@ -42,6 +42,14 @@ def test_unseen_demos_come_from_their_own_seeds_and_are_measured_as_the_runs_hel
     collect_unseen(cfg, TASK, progress=False)                     # a rerun reuses them
     assert (cfg.out / "unseen_demos" / "demos" / f"{TASK}.h5").stat().st_mtime_ns == stamp
     assert json.loads((run / "metrics.json").read_text())["val"]["x0_px"] == metrics["val"]["x0_px"]
+    rows = unseen_error_rows(cfg, {TASK: metrics}, progress=False)   # notebook 04's table: one row per run and task
+    assert len(rows) == 1 and rows[0]["n unseen"] == 2 and rows[0]["n_val"] == metrics["n_val"]
+    assert rows[0]["x0 px, unseen"] == pytest.approx(errs["x0_px"])
+    assert rows[0]["subgoal px, split"] == metrics["val"]["per_task"][TASK]["subgoal_px"]
+    assert (cfg.out / "unseen_demos" / "demos" / f"{TASK}.h5").stat().st_mtime_ns == stamp
+    cfg.demos.unseen = 0
+    assert unseen_error_rows(cfg, {TASK: metrics}) == []
+    cfg.demos.unseen = 2
 
     unseen.task = "drawer-open"
     with pytest.raises(ValueError, match="trained on"):

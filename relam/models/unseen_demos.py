@@ -66,3 +66,21 @@ def errors_on_demos(run_dir: Path | str, ds, indices=None) -> dict:
     out = evaluate(model, Features(model, np.asarray(ckpt["task_frames"]), None), samples, size)
     out.pop("per_task")
     return {**out, "n": len(samples), "seeds": [int(ds.seeds[i]) for i in idx]}
+
+
+def unseen_error_rows(cfg, metrics: dict, progress: bool = True) -> list[dict]:
+    """One row per finished run and task of ``metrics`` (``train_profile``'s {run: metrics}): its errors on the split's
+    held-out demos beside those on the task's unseen demos, which are collected once per task and shared by the runs
+    that plan for it (a per-task model and the multi-task one). Empty when ``demos.unseen`` is 0."""
+    if not cfg.demos.unseen:
+        return []
+    unseen, rows = {}, []
+    for name, m in metrics.items():
+        for task in m["tasks"]:
+            if task not in unseen:
+                unseen[task] = collect_unseen(cfg, task, progress)
+            e, v = errors_on_demos(cfg.out / "anticipation" / name, unseen[task]), m["val"]["per_task"][task]
+            rows.append({"run": name, "task": task, "x0 px, split": v["x0_px"], "x0 px, unseen": e["x0_px"],
+                         "subgoal px, split": v["subgoal_px"], "subgoal px, unseen": e["subgoal_px"],
+                         "x1 max px, unseen": e["x1_max_px"], "n_val": m["n_val"], "n unseen": e["n"]})
+    return rows
