@@ -1,5 +1,6 @@
 """The ReLAM reward (SPEC §5): reward shapes, the stage machine, relabelling, and the gymnasium wrapper."""
 import warnings
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -81,6 +82,33 @@ def test_part_criterion_needs_every_part_on_average_and_no_part_makes_up_for_ano
     # parts unknown: every keypoint is its own part, so 'part' is 'max'
     assert not reached("part", one_off, parts=None)
     assert reached("part", [[0.03, 0], [0, 0.03], [0, 0], [0.03, 0]], parts=None)
+
+
+def test_robot_mean_criterion_averages_the_arm_but_holds_every_object_point():
+    plan = np.zeros((3, 5, 2))                 # x^0 and two subgoals: 3 robot points and 2 object points at 0
+    parts = [0, 0, 0, 1, 1]
+    cfg = RewardConfig(criterion="robot-mean", delta=0.04, part_weighting="part")
+
+    def reached(pts, parts=parts):
+        return StageMachine(plan, cfg, parts).step(np.asarray(pts, float)).stage_reached
+
+    # one arm point 0.07 off (the arm's mean 0.023): passes, where 'max' does not
+    arm_off = [[0.07, 0], [0, 0], [0, 0], [0.01, 0], [0, 0.01]]
+    assert reached(arm_off)
+    assert not StageMachine(plan, RewardConfig(criterion="max", delta=0.04), parts).step(np.asarray(arm_off)).stage_reached
+    # one object point 0.05 off, the other object point and the arm on target: the object's mean (0.025) would pass
+    # 'part', not 'robot-mean'
+    one_object_point_off = [[0, 0], [0, 0], [0, 0], [0.05, 0], [0, 0]]
+    assert not reached(one_object_point_off)
+    assert StageMachine(plan, replace(cfg, criterion="part"), parts).step(np.asarray(one_object_point_off)).stage_reached
+    # the arm as a whole too far (mean 0.05) with the objects on target: not reached
+    assert not reached([[0.05, 0], [0.05, 0], [0, 0.05], [0, 0], [0, 0]])
+    # parts unknown: 'max'
+    assert not reached(arm_off, parts=None)
+    # the machine advances through both stages with the arm 0.06 off on one point each time
+    m = StageMachine(plan, cfg, parts)
+    assert m.step(np.asarray(arm_off)).stage_reached and m.k == 1
+    assert m.step(np.asarray(arm_off)).reached_last
 
 
 def test_generated_plans_can_have_their_own_criterion():
