@@ -444,3 +444,11 @@ def test_reward_task_overrides_resolve_per_task_and_are_checked():
         load_config("smoke", {"reward": {"task_overrides": {"PickCube": {"no_such_setting": 1}}}})
     with pytest.raises(ValueError):
         load_config("smoke", {"reward": {"task_overrides": {"NoSuchTask": {"delta": 0.05}}}})
+    # a task's own VALUES get the section's checks at load time, as the section's own values do
+    with pytest.raises(ValueError, match="unknown stage criterion_generated 'robotmean'"):
+        load_config("smoke", {"reward": {"task_overrides": {"door-open": {"criterion_generated": "robotmean"}}}})
+    with pytest.raises(ValueError, match="d_max, delta"):
+        load_config("smoke", {"reward": {"task_overrides": {"door-open": {"delta": -0.1}}}})
+    door = load_config("smoke", {"reward": {"task_overrides": {"door-open": {"criterion_generated": "robot-mean"}}}})
+    assert reward_config(door, "door-open", True, 0.04).criterion == "robot-mean"
+    assert reward_config(door, "door-open", False).criterion == "max"                  # ground-truth plans keep 'max'
