@@ -286,6 +286,16 @@ class StageMachine:
         self._last_finite = pts
         return pts.ravel().tolist()
 
+    def criterion_value(self, per_point) -> float:
+        """What the stage criterion compares with delta, given the K keypoint distances to the current target: the
+        largest ('max'), the largest part mean ('part', 'robot-mean'), or d_k ('mean')."""
+        if self.cfg.criterion == "max":
+            return max(per_point)
+        if self.cfg.criterion in ("part", "robot-mean"):
+            return max(sum(per_point[i] for i in g) / len(g) for g in self._groups)
+        w = self.weights
+        return sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
+
     def step(self, points: np.ndarray, env_success: bool = False) -> StepReward:
         cfg = self.cfg
         flat = self._clean(points)
@@ -304,12 +314,7 @@ class StageMachine:
             else:
                 dist = sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
             reward = float(self.f(dist))
-            if cfg.criterion == "max":
-                crit = dmax
-            elif cfg.criterion in ("part", "robot-mean"):
-                crit = max(sum(per_point[i] for i in g) / len(g) for g in self._groups)
-            else:
-                crit = dist
+            crit = dist if cfg.criterion == "mean" else self.criterion_value(per_point)
             reached = crit < cfg.delta and not self.reached_last
         if reached:
             reward += cfg.stage_bonus

@@ -88,6 +88,16 @@ def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
     assert final["mean_return"] == pytest.approx(res["final_eval"]["mean_return"], rel=1e-6)
     evals = (rd / "eval.csv").read_text().splitlines()
     assert evals[0].startswith("step,success_rate,last_subgoal_rate") and len(evals) == 3  # steps 200, 400
+    # where the reported policy stalls (relam.rl.ppo.run_stalls): the same episodes as its validation evaluation
+    from relam.rl.ppo import run_stalls
+    from relam.rl.runs import VALIDATION_SEED_OFFSET
+    reported = PPO.load(rd / ("selected.zip" if (rd / "selected.zip").exists() else "model.zip"), device="cpu")
+    val = evaluate(reported, make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg), 1,
+                   seed_offset=VALIDATION_SEED_OFFSET, per_episode=True)["per_episode"][0]
+    stall = run_stalls(cfg, "drawer-open", "relam-gt", 0, episodes=1)["episodes"][0]
+    assert (stall["task_seed"], stall["success"], stall["stage"]) == (val["task_seed"], val["success"], val["stages"])
+    with pytest.raises(FileNotFoundError, match="no finished PPO run"):
+        run_stalls(cfg, "drawer-open", "relam-gt", 7)
     train_rows = (rd / "train.csv").read_text().splitlines()
     assert len(train_rows) == 3 and train_rows[0].startswith("step,episodes,success_rate,last_subgoal_rate")
     assert train_run(cfg, "drawer-open", "relam-gt", 0)["skipped"]
@@ -456,6 +466,40 @@ def test_expert_passes_its_own_plan_but_not_a_displaced_one(tmp_path):
     assert moved["success_rate"] == 1.0 and moved["stage_share"] == 0.0
     with pytest.raises(ValueError, match="episodes"):
         expert_plan_check(make_env("drawer-open", planner, cfg), episodes=0)
+
+
+def test_stage_stalls_tell_a_policy_that_passes_the_plan_from_one_stuck_short_of_a_subgoal(tmp_path):
+    """relam.rl.plan_check.stage_stalls: where a policy's episodes stop passing stages, and which keypoints hold them."""
+    from relam.rl.env import EnvRewardWrapper
+    from relam.rl.plan_check import stage_stalls
+    from relam.rl.ppo import make_env, make_planner
+
+    cfg = _tiny_cfg(tmp_path)
+    env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg)
+    task = env.env.task
+    expert = stage_stalls(env, lambda obs: task.expert_action(env.env.last_state), episodes=2)
+    assert expert["summary"]["success_rate"] == 1.0
+    for row in expert["episodes"]:   # the expert's own plan: no stall short of the stage it ended in is reported
+        assert row["success"] and row["num_stages"] >= 1 and 0 < row["stage"] <= row["num_stages"]
+        assert ("miss_px" in row) == (not row["reached_last"])
+
+    # a policy that never moves stays in stage 0, held there by the robot (the drawer has nowhere to go yet)
+    idle = stage_stalls(env, lambda obs: np.zeros(env.action_space.shape, np.float32), episodes=2)
+    assert idle["summary"]["mean_stages"] == 0 and idle["summary"]["success_rate"] == 0.0
+    for row in idle["episodes"]:
+        plan = env.planner(None, {"task_seed": row["task_seed"]})   # cached: the plan the episode played
+        start = np.linalg.norm(plan[0] - plan[1], axis=-1) * cfg.env.image_size
+        assert row["blocked_by_robot"] and row["miss_px"] > 0
+        assert len(row["robot_px"]) + len(row["object_px"]) == len(row["keypoint_px"]) == plan.shape[1]
+        # the arm never left x^0, so its closest approach is within a pixel of x^0's distance to the first subgoal
+        np.testing.assert_allclose(row["keypoint_px"], start, atol=1.0)
+    assert idle["summary"]["stalled_blocked_by_robot"] == 1.0
+    # through the env-reward wrapper too (it renames the stage flag)
+    wrapped = stage_stalls(EnvRewardWrapper(env, task.dense_reward_max),
+                           lambda obs: np.zeros(env.action_space.shape, np.float32), episodes=1)
+    assert wrapped["episodes"][0]["keypoint_px"] == idle["episodes"][0]["keypoint_px"]
+    with pytest.raises(ValueError, match="episodes"):
+        stage_stalls(env, lambda obs: None, episodes=0)
 
 
 def test_gsde_run_explores_with_state_dependent_noise_and_is_absent_from_configs_when_off(tmp_path):

@@ -48,3 +48,75 @@ def expert_plan_check(env, episodes: int = 10, seed_offset: int = VALIDATION_SEE
     share = float(np.mean([p / n if n else 1.0 for p, n in zip(passed, planned)]))
     return {"stages_passed": passed, "num_stages": planned, "stage_share": share,
             "success_rate": float(np.mean(success))}
+
+
+def stage_stalls(env, act, episodes: int = 10, seed_offset: int = VALIDATION_SEED_OFFSET, on_reset=None) -> dict:
+    """Where a policy's episodes stop passing the plan's stages, and which keypoints hold them there.
+
+    ``act(obs) -> action`` plays ``episodes`` episodes in ``env`` (the reward wrapper of ``relam.rl.ppo.make_env``)
+    from task seeds ``seed_offset`` + i (``on_reset()`` at each start, for a policy with memory). For the stage each
+    episode ends in (unless it passed the whole plan), the step of closest approach to that stage's subgoal (the
+    smallest value of the stage criterion, ``StageMachine.criterion_value``) gives each keypoint's distance there,
+    in pixels. Why: door-open's policies ended in stages whose door keypoints were on their subgoal while one arm
+    keypoint stayed 0.1-2 px beyond the threshold (README, stage 05); this tells such a near miss (``miss_px`` a few
+    px) from a policy that never got there, and the arm (part 0) from the objects.
+
+    Returns per-episode rows (``stage``, ``num_stages``, ``success``, ``reached_last``, ``miss_px``: the criterion's
+    value minus the threshold, ``keypoint_px``: each keypoint's distance at closest approach, split into
+    ``robot_px`` / ``object_px`` when the env knows the keypoints' parts) and ``summary``: success rate, mean stages
+    passed, the share of episodes that passed the whole plan, and of the others the share blocked by the robot's
+    keypoints (the largest distance on the arm; None when the parts are unknown) and the share of near misses
+    (``miss_px`` <= 2 px)."""
+    from relam.reward import part_labels
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    relam_env = env
+    while not hasattr(relam_env, "machine"):   # the ReLAM wrapper under e.g. the env-reward or lift wrappers
+        if not hasattr(relam_env, "env"):
+            raise TypeError(f"stage_stalls needs an env with the ReLAM reward wrapper (relam.rl.ppo.make_env), got "
+                            f"{type(env).__name__}")
+        relam_env = relam_env.env
+    size = relam_env.size
+    rows = []
+    for i in range(episodes):
+        obs, info = env.reset(options={"task_seed": seed_offset + i})
+        if on_reset is not None:
+            on_reset()
+        parts = None if relam_env.parts is None else part_labels(relam_env.parts, relam_env.K)
+        best, ever, done = None, False, False   # best: (criterion value, keypoint distances px) in the current stage
+        stage = 0
+        while not done:
+            obs, _, terminated, truncated, info = env.step(act(obs))
+            ever |= bool(info.get("success", False))
+            done = terminated or truncated
+            passed = info.get("subgoal_reached", info.get("stage_reached", False))   # env-reward renames it
+            if info["stage"] != stage or passed:
+                stage, best = info["stage"], None   # a new stage: its closest approach starts afresh
+                if passed:
+                    continue
+            machine = relam_env.machine
+            target = machine.target()
+            if target is None:
+                continue
+            d = np.linalg.norm(relam_env.keypoints - target, axis=-1)
+            crit = machine.criterion_value(d.tolist())
+            if best is None or crit < best[0]:
+                best = (crit, d * size)
+        row = {"task_seed": seed_offset + i, "stage": int(info["stage"] + info["reached_last"]),
+               "num_stages": int(info["num_stages"]), "success": ever, "reached_last": bool(info["reached_last"])}
+        if not info["reached_last"] and best is not None:
+            d = best[1]
+            row |= {"miss_px": (best[0] - relam_env.machine.cfg.delta) * size, "keypoint_px": d.round(1).tolist()}
+            if parts is not None:
+                row |= {"robot_px": d[parts == 0].round(1).tolist(), "object_px": d[parts != 0].round(1).tolist(),
+                        "blocked_by_robot": bool(parts[np.argmax(d)] == 0)}
+        rows.append(row)
+    stalled = [r for r in rows if "miss_px" in r]
+    summary = {"success_rate": float(np.mean([r["success"] for r in rows])),
+               "mean_stages": float(np.mean([r["stage"] for r in rows])),
+               "last_subgoal_rate": float(np.mean([r["reached_last"] for r in rows])),
+               "stalled_blocked_by_robot": (float(np.mean([r["blocked_by_robot"] for r in stalled]))
+                                            if stalled and parts is not None else None),
+               "stalled_near_miss": float(np.mean([r["miss_px"] <= 2.0 for r in stalled])) if stalled else None}
+    return {"episodes": rows, "summary": summary}

@@ -585,6 +585,33 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     return results
 
 
+def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = None) -> dict:
+    """Where a finished run's reported policy (``selected.zip``, else ``model.zip``) stops passing its plans' stages,
+    on ``episodes`` (default ``ppo.validation_episodes``, at least 1) validation states:
+    ``relam.rl.plan_check.stage_stalls``, deterministic actions."""
+    from stable_baselines3 import PPO
+    from relam.rl.plan_check import stage_stalls
+
+    p = cfg.ppo.for_task(task)
+    run_dir = run_dir_of(cfg, task, method, seed)
+    path = next((run_dir / n for n in ("selected.zip", "model.zip") if (run_dir / n).exists()), None)
+    if path is None:
+        raise FileNotFoundError(f"no finished PPO run at {run_dir} (no selected.zip or model.zip): train it first "
+                                f"(relam.rl.ppo.train_run, notebook 05)")
+    model = PPO.load(path, device="cpu")
+    vn = load_normalizer(run_dir)
+    seen = vn.normalize_obs if vn is not None and vn.norm_obs else (lambda obs: obs)
+    planner = make_planner(task, method, cfg)
+    lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
+    env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth)
+    try:
+        return stage_stalls(env, lambda obs: model.predict(seen(obs), deterministic=True)[0],
+                            episodes or max(p.validation_episodes, 1))
+    finally:
+        env.close()
+        planner.close()
+
+
 def demo_lift(cfg, task: str, path: Path):
     """The run's ``SubgoalLift`` (``relam.rl.lift.load_or_fit``), fitted on the task's demos (``demo_pairs``)."""
     from relam.envs import make_task
