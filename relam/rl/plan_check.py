@@ -57,9 +57,10 @@ def stage_stalls(env, act, episodes: int = 10, seed_offset: int = VALIDATION_SEE
     from task seeds ``seed_offset`` + i (``on_reset()`` at each start, for a policy with memory). For the stage each
     episode ends in (unless it passed the whole plan), the step of closest approach to that stage's subgoal (the
     smallest value of the stage criterion, ``StageMachine.criterion_value``) gives each keypoint's distance there,
-    in pixels. Why: door-open's policies ended in stages whose door keypoints were on their subgoal while one arm
-    keypoint stayed 0.1-2 px beyond the threshold (README, stage 05); this tells such a near miss (``miss_px`` a few
-    px) from a policy that never got there, and the arm (part 0) from the objects.
+    in pixels. Why: many of door-open's episodes end in a stage whose door keypoints are on their subgoal while an
+    arm keypoint stays a few px beyond the threshold (``cpu``, seeds 0-2: 10-40 % of the stalled episodes within
+    2 px, 45-80 % held by the arm; README, stage 05); this tells such a near miss from a policy that never got
+    there, and the arm (part 0) from the objects.
 
     Returns per-episode rows (``stage``, ``num_stages``, ``success``, ``reached_last``, ``miss_px``: the criterion's
     value minus the threshold, ``keypoint_px``: each keypoint's distance at closest approach, split into
