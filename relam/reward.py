@@ -289,6 +289,13 @@ class StageMachine:
         self._last_finite = pts
         return pts.ravel().tolist()
 
+    def distance(self, per_point) -> float:
+        """d_k from the K keypoint distances to the current target, as ``part_weighting`` says."""
+        if self.cfg.part_weighting == "max":
+            return max(per_point)
+        w = self.weights
+        return sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
+
     def criterion_value(self, per_point) -> float:
         """What the stage criterion compares with delta, given the K keypoint distances to the current target: the
         largest ('max'), the largest part mean ('part', 'robot-mean'), or d_k ('mean')."""
@@ -296,8 +303,7 @@ class StageMachine:
             return max(per_point)
         if self.cfg.criterion in ("part", "robot-mean"):
             return max(sum(per_point[i] for i in g) / len(g) for g in self._groups)
-        w = self.weights
-        return sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
+        return self.distance(per_point)
 
     def step(self, points: np.ndarray, env_success: bool = False) -> StepReward:
         cfg = self.cfg
@@ -310,12 +316,8 @@ class StageMachine:
             t = self._target_rows[self.k]
             per_point = [math.hypot(flat[i] - t[i], flat[i + 1] - t[i + 1]) for i in range(0, len(t), 2)]
             per_point = [d if math.isfinite(d) else cfg.d_max for d in per_point]
-            w = self.weights
             dmax = max(per_point)
-            if cfg.part_weighting == "max":
-                dist = dmax
-            else:
-                dist = sum(per_point) / len(per_point) if w is None else sum(a * b for a, b in zip(w, per_point))
+            dist = self.distance(per_point)
             reward = float(self.f(dist))
             crit = dist if cfg.criterion == "mean" else self.criterion_value(per_point)
             reached = crit < cfg.delta and not self.reached_last

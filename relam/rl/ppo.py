@@ -606,7 +606,7 @@ def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = No
     env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth)
     try:
         return stage_stalls(env, lambda obs: model.predict(seen(obs), deterministic=True)[0],
-                            episodes or max(p.validation_episodes, 1))
+                            max(p.validation_episodes, 1) if episodes is None else episodes)
     finally:
         env.close()
         planner.close()
