@@ -105,6 +105,12 @@ def test_robot_mean_criterion_averages_the_arm_but_holds_every_object_point():
     assert not reached([[0.05, 0], [0.05, 0], [0, 0.05], [0, 0], [0, 0]])
     # parts unknown: 'max'
     assert not reached(arm_off, parts=None)
+    # criterion_value is what step() thresholds, for every criterion (stage_stalls reports it)
+    d = [0.07, 0.0, 0.0, 0.01, 0.01]
+    values = {"max": 0.07, "part": 0.07 / 3, "robot-mean": 0.07 / 3, "mean": 0.5 * 0.07 / 3 + 0.5 * 0.01}
+    for crit, want in values.items():
+        assert StageMachine(plan, replace(cfg, criterion=crit), parts).criterion_value(d) == pytest.approx(want)
+    assert StageMachine(plan, replace(cfg, criterion="mean", part_weighting="max"), parts).criterion_value(d) == 0.07
     # the machine advances through both stages with the arm 0.06 off on one point each time
     m = StageMachine(plan, cfg, parts)
     assert m.step(np.asarray(arm_off)).stage_reached and m.k == 1
