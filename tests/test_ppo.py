@@ -469,7 +469,8 @@ def test_expert_passes_its_own_plan_but_not_a_displaced_one(tmp_path):
 
 
 def test_stage_stalls_tell_a_policy_that_passes_the_plan_from_one_stuck_short_of_a_subgoal(tmp_path):
-    """relam.rl.plan_check.stage_stalls: where a policy's episodes stop passing stages, and which keypoints hold them."""
+    """relam.rl.plan_check.stage_stalls: where a policy's episodes stop passing stages, and which keypoints hold
+    them."""
     from relam.rl.env import EnvRewardWrapper
     from relam.rl.plan_check import stage_stalls
     from relam.rl.ppo import make_env, make_planner

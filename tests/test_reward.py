@@ -95,12 +95,14 @@ def test_robot_mean_criterion_averages_the_arm_but_holds_every_object_point():
     # one arm point 0.07 off (the arm's mean 0.023): passes, where 'max' does not
     arm_off = [[0.07, 0], [0, 0], [0, 0], [0.01, 0], [0, 0.01]]
     assert reached(arm_off)
-    assert not StageMachine(plan, RewardConfig(criterion="max", delta=0.04), parts).step(np.asarray(arm_off)).stage_reached
+    strict = StageMachine(plan, RewardConfig(criterion="max", delta=0.04), parts)
+    assert not strict.step(np.asarray(arm_off)).stage_reached
     # one object point 0.05 off, the other object point and the arm on target: the object's mean (0.025) would pass
     # 'part', not 'robot-mean'
     one_object_point_off = [[0, 0], [0, 0], [0, 0], [0.05, 0], [0, 0]]
     assert not reached(one_object_point_off)
-    assert StageMachine(plan, replace(cfg, criterion="part"), parts).step(np.asarray(one_object_point_off)).stage_reached
+    part = StageMachine(plan, replace(cfg, criterion="part"), parts)
+    assert part.step(np.asarray(one_object_point_off)).stage_reached
     # the arm as a whole too far (mean 0.05) with the objects on target: not reached
     assert not reached([[0.05, 0], [0.05, 0], [0, 0.05], [0, 0], [0, 0]])
     # parts unknown: 'max'
