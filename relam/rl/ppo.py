@@ -605,8 +605,10 @@ def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = No
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
     env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth)
     try:
-        return stage_stalls(env, lambda obs: model.predict(seen(obs), deterministic=True)[0],
-                            max(p.validation_episodes, 1) if episodes is None else episodes)
+        with warnings.catch_warnings():   # the scripted expert's (ground-truth plans), as in train_run
+            warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+            return stage_stalls(env, lambda obs: model.predict(seen(obs), deterministic=True)[0],
+                                max(p.validation_episodes, 1) if episodes is None else episodes)
     finally:
         env.close()
         planner.close()
