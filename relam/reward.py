@@ -66,8 +66,8 @@ class RewardConfig:
     while the object's points stay strict, so a stage cannot be passed without moving the object (SPEC §5). The
     expert passes 35 % of door-open's generated stages with it (11 % with 'max'), button-press-wall's 87 % (30 %).
     Measured at ``cpu`` (door-open ``relam``, 150k, gSDE, validation-selected, 2026-12-05): 12 seeds 39.2 % against
-    the profile's 63.3 (paired -24 points, 95 % interval -62 to +14; 6 seeds at 0 against 2), ``relam-gt`` seeds
-    0-2 33.3 against 36.7; so it stays off (README, stage 05). Unknown parts: 'max'."""
+    the profile's 63.3 (paired -24 points, 95 % interval -62 to +14; 6 seeds at 0 against 2), ``relam-gt`` 6 seeds
+    48.3 against 43.3 (final models 35.0 against 40.0); so it stays off (README, stage 05). Unknown parts: 'max'."""
     criterion_generated: str | None = None
     """Stage criterion for GENERATED plans (methods 'relam', 'env-reward'; ours); None (default): ``criterion``.
     Why one might loosen it: with 'max' the scripted expert itself passes few of a generated plan's stages in order
