@@ -106,6 +106,7 @@ def collect_offline(cfg: Config, task: str, progress: bool = True) -> dict:
         return {"task": task, "path": str(path), "skipped": True, **_offline_summary(read_attrs(path))}
     env = make_task(task, image_size=cfg.env.image_size)
     writer = EpisodeWriter(path, settings, control=True)
+    extra = cfg.demos.for_task(task).extra_frames_after_success   # resolved once, not per trajectory
     wins = {"expert": 0, "noisy": 0}
     ok = False
     t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def collect_offline(cfg: Config, task: str, progress: bool = True) -> dict:
                 rng, noise_state = np.random.default_rng(seed), {}  # per-trajectory (correlated) noise
                 policy = lambda t, obs, step, rng=rng, st=noise_state: noisy_action(
                     t.expert_action(obs), rng, step, params, st)
-            ep = rollout(env, seed, policy, cfg.demos.for_task(task).extra_frames_after_success)
+            ep = rollout(env, seed, policy, extra)
             writer.add(ep, noisy=(kind == "noisy"))
             wins[kind] += ep.succeeded
         ok = True

@@ -181,6 +181,10 @@ class PPOConfig:
         return section_for_task(self, task, "ppo")
 
 
+EXPERT_WARNING = ".*Constant\\(s\\) may be too high.*"
+"""Meta-World's scripted expert warns this on every call; it plans the ground-truth subgoals (filtered where it
+fires)."""
+
 GRID_SETTINGS = ("tasks", "methods", "seeds", "workers")
 """PPO settings of the grid as a whole, not of one task's runs (``PPOConfig.task_overrides`` refuses them)."""
 
@@ -355,8 +359,14 @@ def evaluate(model, env, episodes: int, normalizer=None, **kwargs) -> dict:
     observations standardised by those frozen statistics. A model loaded from a file has no env: pass
     ``load_normalizer(run_dir)``."""
     vn = normalizer if normalizer is not None else model.get_vec_normalize_env()
-    seen = vn.normalize_obs if vn is not None and vn.norm_obs else (lambda obs: obs)
-    return evaluate_policy(lambda obs: model.predict(seen(obs), deterministic=True)[0], env, episodes, **kwargs)
+    return evaluate_policy(deterministic_actor(model, vn), env, episodes, **kwargs)
+
+
+def deterministic_actor(model, normalizer=None):
+    """``act(obs) -> action``: the PPO model's deterministic action, on observations standardised by the frozen
+    ``normalizer`` (a ``VecNormalize``) when the run normalised them."""
+    seen = normalizer.normalize_obs if normalizer is not None and normalizer.norm_obs else (lambda obs: obs)
+    return lambda obs: model.predict(seen(obs), deterministic=True)[0]
 
 
 def load_normalizer(run_dir: Path):
@@ -561,7 +571,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     start_step = model.num_timesteps
     remaining = p.total_steps - model.num_timesteps
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+        warnings.filterwarnings("ignore", message=EXPERT_WARNING)
         if remaining > 0:
             model.learn(remaining, callback=_callback(run_dir, eval_env, p, state), reset_num_timesteps=False)
         if not state["evals"] or state["evals"][-1]["step"] < model.num_timesteps:
@@ -598,17 +608,14 @@ def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = No
     if path is None:
         raise FileNotFoundError(f"no finished PPO run at {run_dir} (no selected.zip or model.zip): train it first "
                                 f"(relam.rl.ppo.train_run, notebook 05)")
-    model = PPO.load(path, device="cpu")
-    vn = load_normalizer(run_dir)
-    seen = vn.normalize_obs if vn is not None and vn.norm_obs else (lambda obs: obs)
+    act = deterministic_actor(PPO.load(path, device="cpu"), load_normalizer(run_dir))
     planner = make_planner(task, method, cfg)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
     env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth)
     try:
         with warnings.catch_warnings():   # the scripted expert's (ground-truth plans), as in train_run
-            warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
-            return stage_stalls(env, lambda obs: model.predict(seen(obs), deterministic=True)[0],
-                                max(p.validation_episodes, 1) if episodes is None else episodes)
+            warnings.filterwarnings("ignore", message=EXPERT_WARNING)
+            return stage_stalls(env, act, max(p.validation_episodes, 1) if episodes is None else episodes)
     finally:
         env.close()
         planner.close()
