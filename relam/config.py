@@ -214,11 +214,9 @@ def section_for_task(section, task: str | None, name: str):
 
 def section_with(section, overrides: dict, where: str):
     """A copy of config ``section`` with ``overrides`` applied (unknown keys name ``where``), checked as the
-    section itself is (its ``__post_init__``), and no per-task or multi-task overrides left."""
+    section itself is (its ``__post_init__``), and no per-task overrides left."""
     out = copy.deepcopy(section)
     out.task_overrides = {}
-    if hasattr(out, "multitask_overrides"):   # the anticipation section's: a per-model section holds neither
-        out.multitask_overrides = {}
     if overrides:   # _merge sets field by field: a task's own values get the section's checks too
         _validate(_merge(out, copy.deepcopy(overrides), where))
     return out

@@ -18,6 +18,7 @@ Metrics on held-out demos (SPEC §4), in pixels at the stored image size:
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -117,10 +118,10 @@ class AnticipationConfig:
         per-task overrides left (so a model's config.json only holds what it was trained with). ``None``: the
         multi-task model's, with ``multitask_overrides`` applied."""
         from relam.config import section_for_task, section_with
-        out = section_for_task(self, task, "anticipation") if task else \
-            section_with(self, self.multitask_overrides, "anticipation.multitask_overrides.")
-        out.multitask_overrides = {}
-        return out
+        base = copy.copy(self)   # a per-model section holds no multi-task overrides (its checks would recurse)
+        base.multitask_overrides = {}
+        return section_for_task(base, task, "anticipation") if task else \
+            section_with(base, self.multitask_overrides, "anticipation.multitask_overrides.")
 
 
 @dataclass
