@@ -147,19 +147,35 @@ def run_ablation(cfg: Config, ppo_tasks=(), iql_tasks=(), methods=("relam", "rel
 
 def compare(cfg: Config, names) -> pd.DataFrame:
     """Success % (simulator flag, each run's reported evaluation; mean over finished seeds, with the per-seed
-    values) and last-subgoal % per task x method, for the profile's own runs and each named ablation."""
-    from relam.report import find_runs
+    values) and last-subgoal % per task x method, for the profile's own runs and each named ablation.
 
-    rows = []
+    An ablation's row also gives its PAIRED difference from the profile: the mean over the seeds both have finished
+    of (ablation - profile) success, in points, with a 95 % bootstrap interval over those seed pairs. Why: on a task
+    whose outcome per seed is nearly a coin flip (door-open at the ``cpu`` budget: 0-100 % between seeds of one
+    setting) two means over a few seeds differ by tens of points with no change at all; pairing by seed and the
+    interval say how much of a difference the seeds support (README, stage 05)."""
+    from relam.report import bootstrap_ci, find_runs
+
+    per_seed, rows = {}, []
     for label, out in [("profile", Path(cfg.out))] + [(n, Path(cfg.out) / "ablations" / n) for n in names]:
         runs = find_runs(out) if (out / "runs").exists() else pd.DataFrame()
         if runs.empty:
             continue
         done = runs[runs["finished"].astype(bool)]
         for (task, method), g in done.groupby(["task", "method"]):
-            rows.append({"settings": label, "task": task, "method": method, "seeds": len(g),
-                         "success %": round(100 * g["success"].mean(), 1),
-                         "per seed": [round(100 * v) for v in g.sort_values("seed")["success"]],
-                         "last subgoal %": round(100 * g["last_subgoal"].mean(), 1)})
+            seeds = dict(zip(g["seed"].astype(int), 100 * g["success"].astype(float)))
+            per_seed[label, task, method] = seeds
+            row = {"settings": label, "task": task, "method": method, "seeds": len(g),
+                   "success %": round(100 * g["success"].mean(), 1),
+                   "per seed": [round(seeds[s]) for s in sorted(seeds)],
+                   "last subgoal %": round(100 * g["last_subgoal"].mean(), 1)}
+            base = per_seed.get(("profile", task, method), {}) if label != "profile" else {}
+            both = sorted(set(seeds) & set(base))
+            if both:
+                diff = [seeds[s] - base[s] for s in both]
+                lo, hi = bootstrap_ci(diff)
+                row.update({"paired seeds": len(both), "paired diff": round(sum(diff) / len(diff), 1),
+                            "diff 95 % CI": (round(lo, 1), round(hi, 1))})
+            rows.append(row)
     return pd.DataFrame(rows, columns=["settings", "task", "method", "seeds", "success %", "per seed",
-                                       "last subgoal %"])
+                                       "last subgoal %", "paired seeds", "paired diff", "diff 95 % CI"])

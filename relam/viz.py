@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -144,3 +146,31 @@ def draw_plan(ax, frame, truth=None, generated=None, image_size: int | None = No
                 ax.scatter(p[:, 0], p[:, 1], s=8, color=[c])
     ax.set_title(title, fontsize=8)
     ax.set_xticks([]), ax.set_yticks([])
+
+
+def plot_seed_comparison(table, task: str, method: str, ax=None):
+    """Per-seed success of the profile and each ablation for one task x method (a ``relam.ablations.compare``
+    table): one dot per seed, the mean as a bar, each ablation labelled with its paired difference from the
+    profile and that difference's 95 % interval. Where seeds swing 0-100 % a mean alone misleads; the dots show it."""
+    rows = table[(table["task"] == task) & (table["method"] == method)].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"no finished runs of {task} / {method} in the table; its tasks x methods are "
+                         f"{sorted(set(zip(table['task'], table['method'])))}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.2))
+    labels = []
+    for i, r in rows.iterrows():
+        ax.bar(i, r["success %"], color="0.85", width=0.7)
+        n = len(r["per seed"])
+        ax.scatter(i + np.linspace(-0.25, 0.25, n) * (n > 1), r["per seed"], s=12, color="C0" if r["settings"] == "profile" else "C1", zorder=3)
+        diff = r.get("paired diff")
+        label = f"{r['settings']}\n{r['success %']:.0f} % ({r['seeds']})"
+        if diff is not None and diff == diff:   # not NaN
+            lo, hi = r["diff 95 % CI"]
+            label += f"\n{diff:+.0f} [{lo:+.0f}, {hi:+.0f}]"
+        labels.append(label)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylim(-5, 105)
+    ax.set_ylabel("success % (per seed)")
+    ax.set_title(f"{task} · {method}", fontsize=9)
+    return ax

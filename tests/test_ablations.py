@@ -1,6 +1,7 @@
 """Ablation directories: overrides applied, the profile's demos shared, results compared side by side."""
 import json
 
+import pandas as pd
 import pytest
 
 from relam.ablations import ablation_config, compare
@@ -111,9 +112,31 @@ def test_compare_lists_profile_and_ablation_side_by_side(tmp_path):
     _run(tmp_path, "PushCube", "relam", 1, 0.4)
     _run(tmp_path / "ablations" / "kp", "PushCube", "relam", 0, 0.6)
     (tmp_path / "ablations" / "kp" / "runs" / "PushCube" / "relam" / "seed1").mkdir()   # unfinished: not counted
+    _run(tmp_path / "ablations" / "kp", "PushCube", "relam", 2, 1.0)    # no profile seed 2: not paired
     table = compare(cfg, ["kp"]).set_index("settings")
     assert table.loc["profile", "success %"] == pytest.approx(30.0) and table.loc["profile", "seeds"] == 2
-    assert table.loc["kp", "success %"] == pytest.approx(60.0) and table.loc["kp", "per seed"] == [60]
+    assert table.loc["kp", "success %"] == pytest.approx(80.0) and table.loc["kp", "per seed"] == [60, 100]
+    # paired by seed: only seed 0 is finished in both, 60 - 20 points; the profile row has no difference
+    assert table.loc["kp", "paired seeds"] == 1 and table.loc["kp", "paired diff"] == pytest.approx(40.0)
+    assert table.loc["kp", "diff 95 % CI"] == (40.0, 40.0) and pd.isna(table.loc["profile", "paired diff"])
+
+
+def test_compare_pairs_seeds_and_its_interval_spans_a_coin_flip(tmp_path):
+    """Door-open's lesson: two settings whose seeds swing 0-100 % can differ by tens of points in their means with
+    an interval that still covers 0; a consistent gain gives an interval that excludes it."""
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    base = [0.8, 0.0, 0.8, 0.5, 0.9, 0.2]
+    for s, v in enumerate(base):
+        _run(tmp_path, "door-open", "relam", s, v)
+    for s, v in enumerate([0.9, 1.0, 0.0, 1.0, 0.0, 0.4]):        # reshuffled: +10 points, sign unstable
+        _run(tmp_path / "ablations" / "flip", "door-open", "relam", s, v)
+    for s, v in enumerate(base):                                   # every seed +10 points
+        _run(tmp_path / "ablations" / "gain", "door-open", "relam", s, min(v + 0.1, 1.0))
+    table = compare(cfg, ["flip", "gain"]).set_index("settings")
+    lo, hi = table.loc["flip", "diff 95 % CI"]
+    assert table.loc["flip", "paired diff"] == pytest.approx(100 * (3.3 - 3.2) / 6, abs=0.1) and lo < 0 < hi
+    lo, hi = table.loc["gain", "diff 95 % CI"]
+    assert table.loc["gain", "paired seeds"] == 6 and lo == pytest.approx(10.0) and hi == pytest.approx(10.0)
 
 
 def test_the_ablation_notebook_runs_only_when_named():
@@ -235,3 +258,20 @@ def test_runner_gives_the_notebooks_a_relative_results_dir_as_the_callers(tmp_pa
     (target, params), = seen
     assert params["results_dir"] == str(tmp_path / "rel" / "out")      # not notebooks/rel/out, the notebooks' cwd
     assert target == str(tmp_path / "rel" / "out" / "notebooks" / "09_figures.ipynb")
+
+
+def test_seed_comparison_plot_draws_every_seed_and_names_a_missing_cell(tmp_path):
+    from relam.viz import plot_seed_comparison
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    for s, v in enumerate([0.8, 0.0, 0.8]):
+        _run(tmp_path, "door-open", "relam", s, v)
+        _run(tmp_path / "ablations" / "flip", "door-open", "relam", s, 1.0 - v)
+    table = compare(cfg, ["flip"])
+    ax = plot_seed_comparison(table, "door-open", "relam")
+    dots = [tuple(map(tuple, c.get_offsets())) for c in ax.collections]
+    assert [[y for _, y in d] for d in dots] == [[80, 0, 80], [20, 100, 20]]
+    # the paired difference (-60, +100, -60 points: mean -7) and its interval are on the label
+    assert ax.get_xticklabels()[1].get_text().endswith("-7 [-60, +100]")
+    with pytest.raises(ValueError, match="no finished runs of drawer-open / relam.*door-open"):
+        plot_seed_comparison(table, "drawer-open", "relam")
