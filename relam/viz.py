@@ -174,3 +174,32 @@ def plot_seed_comparison(table, task: str, method: str, ax=None):
     ax.set_ylabel("success % (per seed)")
     ax.set_title(f"{task} · {method}", fontsize=9)
     return ax
+
+
+def plot_curves_by_settings(settings, tasks, method: str = "relam", title: str = ""):
+    """Success during training of ``method`` under several settings, one panel per task: the mean over seeds and a
+    95 % bootstrap band (``relam.report.success_curves``), as the paper's ablation figures (Fig. 6) show them.
+    ``settings``: (label, config) pairs, e.g. the profile's and ablations' (``relam.ablations.ablation_config``);
+    each config's results tree is read, leaving out runs made under other settings. Returns the figure."""
+    from relam.report import eval_curves, success_curves
+
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no task to plot: pass at least one of the profile's PPO or IQL tasks")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, (label, cfg) in enumerate(settings):
+            cur = success_curves(eval_curves(cfg.out, cfg), task).get(method)
+            if cur is None or cur.empty:
+                continue
+            ax.plot(cur["step"], cur["mean"], "o-", ms=3, color=f"C{i}", label=f"{label} (n={cur['seeds'].iloc[0]})")
+            ax.fill_between(cur["step"], cur["lo"], cur["hi"], color=f"C{i}", alpha=0.15)
+        ax.set_title(f"{task} · {method}", fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.set_ylim(-3, 103)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("success % (simulator)")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.03)
+    return fig

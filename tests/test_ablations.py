@@ -275,3 +275,23 @@ def test_seed_comparison_plot_draws_every_seed_and_names_a_missing_cell(tmp_path
     assert ax.get_xticklabels()[1].get_text().endswith("-7 [-60, +100]")
     with pytest.raises(ValueError, match="no finished runs of drawer-open / relam.*door-open"):
         plot_seed_comparison(table, "drawer-open", "relam")
+
+
+def test_curves_by_settings_draw_one_line_per_setting_with_runs(tmp_path):
+    from relam.viz import plot_curves_by_settings
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    other = load_config("smoke", {"results_dir": str(tmp_path / "ablations" / "lin")})
+    for out, rates in ((tmp_path, (0.0, 0.5)), (tmp_path / "ablations" / "lin", (0.2, 1.0))):
+        for seed in (0, 1):
+            rd = out / "runs" / "door-open" / "relam" / f"seed{seed}"
+            rd.mkdir(parents=True)
+            (rd / "eval.csv").write_text("step,success_rate,last_subgoal_rate\n"
+                                         + "".join(f"{1000 * (i + 1)},{r},0\n" for i, r in enumerate(rates)))
+    fig = plot_curves_by_settings([("profile", cfg), ("lin", other), ("none", load_config("smoke", {
+        "results_dir": str(tmp_path / "nothing")}))], ["door-open"])
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["profile (n=2)", "lin (n=2)"]    # no runs: no line
+    assert list(ax.lines[1].get_ydata()) == [20.0, 100.0]
+    with pytest.raises(ValueError, match="no task to plot"):
+        plot_curves_by_settings([("profile", cfg)], [])
