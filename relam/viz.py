@@ -162,7 +162,8 @@ def plot_seed_comparison(table, task: str, method: str, ax=None):
     for i, r in rows.iterrows():
         ax.bar(i, r["success %"], color="0.85", width=0.7)
         n = len(r["per seed"])
-        ax.scatter(i + np.linspace(-0.25, 0.25, n) * (n > 1), r["per seed"], s=12, color="C0" if r["settings"] == "profile" else "C1", zorder=3)
+        ax.scatter(i + np.linspace(-0.25, 0.25, n) * (n > 1), r["per seed"], s=12, zorder=3,
+                   color="C0" if r["settings"] == "profile" else "C1")
         diff = r.get("paired diff")
         label = f"{r['settings']}\n{r['success %']:.0f} % ({r['seeds']})"
         if diff is not None and diff == diff:   # not NaN
@@ -195,7 +196,7 @@ def plot_curves_by_settings(settings, tasks, method: str = "relam", title: str =
             ax.plot(cur["step"], cur["mean"], "o-", ms=3, color=f"C{i}", label=f"{label} (n={cur['seeds'].iloc[0]})")
             ax.fill_between(cur["step"], cur["lo"], cur["hi"], color=f"C{i}", alpha=0.15)
         ax.set_title(f"{task} · {method}", fontsize=9)
-        ax.set_xlabel("env steps")
+        ax.set_xlabel("gradient steps" if settings and task in settings[0][1].iql.tasks else "env steps")
         ax.set_ylim(-3, 103)
         if ax.lines:
             ax.legend(fontsize=7)
