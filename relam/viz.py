@@ -1,13 +1,15 @@
 """Figures shared by the notebooks (matplotlib, headless)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:   # scripts and tests: no display. A notebook keeps Jupyter's inline backend, which
+    matplotlib.use("Agg")             # puts the figures into the notebook (forcing Agg there left only their repr)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from relam.data.store import EpisodeSet  # noqa: E402
