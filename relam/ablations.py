@@ -156,7 +156,7 @@ def compare(cfg: Config, names) -> pd.DataFrame:
     interval say how much of a difference the seeds support (README, stage 05)."""
     from relam.report import bootstrap_ci, find_runs
 
-    per_seed, rows = {}, []
+    profile, rows = {}, []   # (task, method) -> the profile's success per seed, for pairing
     for label, out in [("profile", Path(cfg.out))] + [(n, Path(cfg.out) / "ablations" / n) for n in names]:
         runs = find_runs(out) if (out / "runs").exists() else pd.DataFrame()
         if runs.empty:
@@ -164,12 +164,13 @@ def compare(cfg: Config, names) -> pd.DataFrame:
         done = runs[runs["finished"].astype(bool)]
         for (task, method), g in done.groupby(["task", "method"]):
             seeds = dict(zip(g["seed"].astype(int), 100 * g["success"].astype(float)))
-            per_seed[label, task, method] = seeds
+            if label == "profile":
+                profile[task, method] = seeds
             row = {"settings": label, "task": task, "method": method, "seeds": len(g),
                    "success %": round(100 * g["success"].mean(), 1),
                    "per seed": [round(seeds[s]) for s in sorted(seeds)],
                    "last subgoal %": round(100 * g["last_subgoal"].mean(), 1)}
-            base = per_seed.get(("profile", task, method), {}) if label != "profile" else {}
+            base = profile.get((task, method), {}) if label != "profile" else {}
             both = sorted(set(seeds) & set(base))
             if both:
                 diff = [seeds[s] - base[s] for s in both]

@@ -189,10 +189,11 @@ def plot_curves_by_settings(settings, tasks, method: str = "relam", title: str =
     tasks = list(tasks)
     if not tasks:
         raise ValueError("no task to plot: pass at least one of the profile's PPO or IQL tasks")
+    curves = [(label, eval_curves(cfg.out, cfg)) for label, cfg in settings]   # each results tree read once
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.0), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for i, (label, cfg) in enumerate(settings):
-            cur = success_curves(eval_curves(cfg.out, cfg), task).get(method)
+        for i, (label, evals) in enumerate(curves):
+            cur = success_curves(evals, task).get(method)
             if cur is None or cur.empty:
                 continue
             ax.plot(cur["step"], cur["mean"], "o-", ms=3, color=f"C{i}", label=f"{label} (n={cur['seeds'].iloc[0]})")

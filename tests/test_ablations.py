@@ -128,7 +128,7 @@ def test_compare_pairs_seeds_and_its_interval_spans_a_coin_flip(tmp_path):
     base = [0.8, 0.0, 0.8, 0.5, 0.9, 0.2]
     for s, v in enumerate(base):
         _run(tmp_path, "door-open", "relam", s, v)
-    for s, v in enumerate([0.9, 1.0, 0.0, 1.0, 0.0, 0.4]):        # reshuffled: +10 points, sign unstable
+    for s, v in enumerate([0.9, 1.0, 0.0, 1.0, 0.0, 0.4]):        # reshuffled: -90 to +100 per seed, +1.7 on average
         _run(tmp_path / "ablations" / "flip", "door-open", "relam", s, v)
     for s, v in enumerate(base):                                   # every seed +10 points
         _run(tmp_path / "ablations" / "gain", "door-open", "relam", s, min(v + 0.1, 1.0))
