@@ -605,3 +605,26 @@ def test_ppo_task_overrides_apply_to_their_task_only_and_refuse_grid_settings_an
         _tiny_cfg(tmp_path, task_overrides={"door-open": {"keypoint_dept": "xyz"}})
     with pytest.raises(ValueError, match="door-opne"):
         _tiny_cfg(tmp_path, task_overrides={"door-opne": {"keypoint_depth": "xyz"}})
+
+
+def test_max_steps_limits_training_and_evaluation_episodes_and_is_absent_from_configs_when_off(tmp_path):
+    from relam.rl.ppo import make_env, make_planner, run_config
+    cfg = _tiny_cfg(tmp_path, task_overrides={"drawer-open": {"max_steps": 30}})
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert json.loads((rd / "config.json").read_text())["ppo"]["max_steps"] == 30
+    # every training and evaluation episode stops at 30 steps (the task's own limit is 200)
+    lengths = [float(row.split(",")[5]) for row in (rd / "train.csv").read_text().splitlines()[1:]]
+    assert lengths and max(lengths) <= 30
+    assert all(e["mean_length"] <= 30 for e in res["evals"])
+    env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg, max_steps=30)
+    env.reset(options={"task_seed": 1_000_000})
+    steps, done = 0, False
+    while not done:
+        _, _, term, trunc, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+        steps, done = steps + 1, term or trunc
+    assert steps == 30 and trunc
+    assert "max_steps" not in run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
+    for bad in (0, 2.5, "500"):
+        with pytest.raises(ValueError, match="ppo.max_steps must be a positive whole number"):
+            _tiny_cfg(tmp_path / "bad", max_steps=bad)

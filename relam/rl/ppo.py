@@ -155,6 +155,11 @@ class PPOConfig:
     point's place along its view ray open. Measured at ``cpu`` (door-open, 150k, validation-selected, 2026-12-05):
     ``relam`` 6 seeds 80 / 0 / 80 / 50 / 90 / 20 -> 60 / 100 / 90 / 10 / 40 / 0 % (53.3 -> 50.0), ``relam-gt`` 6 seeds
     43.3 -> 38.3; seeds 0-2 alone looked like a fix (``relam`` 53.3 -> 83.3), so it stays off (README, stage 05)."""
+    max_steps: int | None = None
+    """Ours: the episode limit of this PPO's training, evaluation and validation episodes (None: the task's own,
+    ``TaskSpec.max_steps``, 200 for our Meta-World tasks; Meta-World's own ``max_path_length`` is 500). Success
+    stays "the simulator's flag was ever 1" within the limit, so a longer limit also gives the policy longer to
+    succeed at evaluation."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
     task_overrides: dict = field(default_factory=dict)
@@ -163,6 +168,9 @@ class PPOConfig:
     per task. ``for_task`` applies them; a run's config.json holds its task's resolved settings."""
 
     def __post_init__(self):
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"ppo.max_steps must be a positive whole number of env steps, or null for the task's own "
+                             f"limit; got {self.max_steps!r}")
         if self.squash_output and not self.use_sde:
             raise ValueError("ppo.squash_output needs ppo.use_sde: true (Stable-Baselines3 squashes gSDE actions "
                              "only); set both, or leave squash_output false")
@@ -252,12 +260,13 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
 
 
 def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None,
-             env_reward: bool = False, goal_obs: bool = False, keypoint_depth: bool = False):
+             env_reward: bool = False, goal_obs: bool = False, keypoint_depth: bool = False,
+             max_steps: int | None = None):
     """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised); with ``lift`` (a
     ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'; with ``env_reward`` the reward is the
     simulator's (``relam.rl.env.EnvRewardWrapper``, method 'env-reward'); with ``goal_obs`` 'state' ends with the
     task's goal position (``TaskEnv``, option ``iql.goal_observation``), then with ``keypoint_depth`` with the
-    keypoints' camera depth (option ``iql.keypoint_depth``)."""
+    keypoints' camera depth (option ``iql.keypoint_depth``); ``max_steps`` (None: the task's) is the episode limit."""
     from relam.envs import make_task
     from relam.rl.env import EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
@@ -265,7 +274,10 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     if policy not in ("pixels", "keypoints"):
         raise ValueError(f"unknown policy {policy!r}; choose 'pixels' or 'keypoints'")
     image_obs = (policy == "pixels") if image_obs is None else image_obs
-    task = make_task(task_name, image_size=cfg.env.image_size)
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be a positive number of env steps or None (the task's), got {max_steps}")
+    task = make_task(task_name, image_size=cfg.env.image_size,
+                     **({} if max_steps is None else {"max_steps": int(max_steps)}))
     env = ReLAMRewardWrapper(TaskEnv(task, seed_pool, goal_obs), planner, SimOnlineTracker(task), planner.num_keypoints,
                              reward_config(cfg, task_name, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
@@ -445,7 +457,7 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
                          ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False,
-                         ("target_kl",): None,
+                         ("target_kl",): None, ("max_steps",): None,
                          ("keypoint_depth",): False, ("task_overrides",): {}}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
@@ -532,7 +544,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
     env_reward = method == "env-reward"
     venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift, env_reward=env_reward,
-                                                     keypoint_depth=p.keypoint_depth),
+                                                     keypoint_depth=p.keypoint_depth, max_steps=p.max_steps),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
     if p.normalize_reward or p.normalize_obs:
@@ -541,7 +553,8 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
                             norm_obs_keys=keys)
     if p.gae_cut:   # a no-op for 'env-reward', whose wrapper reports no subgoal_reached
         venv = GAECutVecEnv(venv)
-    eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward, keypoint_depth=p.keypoint_depth)
+    eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward, keypoint_depth=p.keypoint_depth,
+                        max_steps=p.max_steps)
 
     state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
@@ -611,7 +624,8 @@ def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = No
     act = deterministic_actor(PPO.load(path, device="cpu"), load_normalizer(run_dir))
     planner = make_planner(task, method, cfg)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
-    env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth)
+    env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth,
+                   max_steps=p.max_steps)
     try:
         with warnings.catch_warnings():   # the scripted expert's (ground-truth plans), as in train_run
             warnings.filterwarnings("ignore", message=EXPERT_WARNING)
