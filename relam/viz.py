@@ -179,6 +179,31 @@ def plot_seed_comparison(table, task: str, method: str, ax=None):
     return ax
 
 
+def _curve_panels(tasks, width: float):
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no task to plot: pass at least one of the profile's PPO or IQL tasks")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 3.0), squeeze=False)
+    return tasks, fig, axes[0]
+
+
+def _draw_curve(ax, cur, color: str, label: str, alpha: float) -> None:
+    """One ``relam.report.success_curves`` frame: the mean over seeds, its 95 % band, n seeds in the label."""
+    ax.plot(cur["step"], cur["mean"], "o-", ms=3, color=color, label=f"{label} (n={cur['seeds'].iloc[0]})")
+    ax.fill_between(cur["step"], cur["lo"], cur["hi"], color=color, alpha=alpha)
+
+
+def _finish_curve_panels(fig, axes, title: str):
+    for ax in axes:
+        ax.set_ylim(-3, 103)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("success % (simulator)")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.03)
+    return fig
+
+
 def plot_curves_by_settings(settings, tasks, method: str = "relam", title: str = ""):
     """Success during training of ``method`` under several settings, one panel per task: the mean over seeds and a
     95 % bootstrap band (``relam.report.success_curves``), as the paper's ablation figures (Fig. 6) show them.
@@ -186,24 +211,30 @@ def plot_curves_by_settings(settings, tasks, method: str = "relam", title: str =
     each config's results tree is read, leaving out runs made under other settings. Returns the figure."""
     from relam.report import eval_curves, success_curves
 
-    tasks = list(tasks)
-    if not tasks:
-        raise ValueError("no task to plot: pass at least one of the profile's PPO or IQL tasks")
+    tasks, fig, axes = _curve_panels(tasks, 3.8)
     curves = [(label, eval_curves(cfg.out, cfg)) for label, cfg in settings]   # each results tree read once
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.0), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes, tasks):
         for i, (label, evals) in enumerate(curves):
             cur = success_curves(evals, task).get(method)
-            if cur is None or cur.empty:
-                continue
-            ax.plot(cur["step"], cur["mean"], "o-", ms=3, color=f"C{i}", label=f"{label} (n={cur['seeds'].iloc[0]})")
-            ax.fill_between(cur["step"], cur["lo"], cur["hi"], color=f"C{i}", alpha=0.15)
+            if cur is not None and not cur.empty:
+                _draw_curve(ax, cur, f"C{i}", label, 0.15)
         ax.set_title(f"{task} · {method}", fontsize=9)
         ax.set_xlabel("gradient steps" if settings and task in settings[0][1].iql.tasks else "env steps")
-        ax.set_ylim(-3, 103)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("success % (simulator)")
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.03)
-    return fig
+    return _finish_curve_panels(fig, axes, title)
+
+
+def plot_curves_by_method(curves, tasks, cfg, title: str = ""):
+    """Success during training of every method with runs, one panel per task (notebook 09's figure): the mean over
+    seeds and a 95 % bootstrap band. ``curves``: ``relam.report.eval_curves`` of ``cfg``'s results. A method keeps
+    its colour across panels (``relam.report.METHOD_ORDER``). Returns the figure."""
+    from relam.report import METHOD_ORDER, success_curves, table4_label
+
+    tasks, fig, axes = _curve_panels(tasks, 3.6)
+    for ax, task in zip(axes, tasks):
+        for method, cur in success_curves(curves, task).items():
+            if not cur.empty:
+                color = f"C{METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)}"
+                _draw_curve(ax, cur, color, method, 0.2)
+        ax.set_title(table4_label(task, cfg.iql.learner), fontsize=9)
+        ax.set_xlabel("gradient steps" if task in cfg.iql.tasks else "env steps")
+    return _finish_curve_panels(fig, axes, title)

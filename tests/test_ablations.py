@@ -295,3 +295,27 @@ def test_curves_by_settings_draw_one_line_per_setting_with_runs(tmp_path):
     assert list(ax.lines[1].get_ydata()) == [20.0, 100.0]
     with pytest.raises(ValueError, match="no task to plot"):
         plot_curves_by_settings([("profile", cfg)], [])
+
+
+def test_curves_by_method_keep_each_methods_colour_across_tasks(tmp_path):
+    from relam.report import METHOD_ORDER, eval_curves
+    from relam.viz import plot_curves_by_method
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path)})
+    runs = {("door-open", "relam-gt"): (0.1, 0.3), ("PickCube", "relam"): (0.4, 0.8), ("PickCube", "relam-gt"): (0.6, 1.0)}
+    for (task, method), rates in runs.items():
+        rd = tmp_path / "runs" / task / method / "seed0"
+        rd.mkdir(parents=True)
+        (rd / "eval.csv").write_text("step,success_rate,last_subgoal_rate\n"
+                                     + "".join(f"{1000 * (i + 1)},{r},0\n" for i, r in enumerate(rates)))
+    fig = plot_curves_by_method(eval_curves(cfg.out, cfg), ["door-open", "PickCube"], cfg, title="t")
+    door, pick = fig.axes[:2]
+    assert [line.get_label() for line in door.lines] == ["relam-gt (n=1)"]
+    assert sorted(line.get_label() for line in pick.lines) == ["relam (n=1)", "relam-gt (n=1)"]
+    gt_colour = f"C{METHOD_ORDER.index('relam-gt')}"
+    assert door.lines[0].get_color() == gt_colour
+    assert next(line for line in pick.lines if line.get_label().startswith("relam-gt")).get_color() == gt_colour
+    assert list(door.lines[0].get_ydata()) == pytest.approx([10.0, 30.0])
+    assert door.get_xlabel() == "env steps" and pick.get_xlabel() == "gradient steps"
+    with pytest.raises(ValueError, match="no task to plot"):
+        plot_curves_by_method(eval_curves(cfg.out, cfg), [], cfg)
