@@ -302,7 +302,8 @@ def test_curves_by_method_keep_each_methods_colour_across_tasks(tmp_path):
     from relam.viz import plot_curves_by_method
 
     cfg = load_config("smoke", {"results_dir": str(tmp_path)})
-    runs = {("door-open", "relam-gt"): (0.1, 0.3), ("PickCube", "relam"): (0.4, 0.8), ("PickCube", "relam-gt"): (0.6, 1.0)}
+    runs = {("door-open", "relam-gt"): (0.1, 0.3), ("PickCube", "relam"): (0.4, 0.8),
+            ("PickCube", "relam-gt"): (0.6, 1.0)}
     for (task, method), rates in runs.items():
         rd = tmp_path / "runs" / task / method / "seed0"
         rd.mkdir(parents=True)

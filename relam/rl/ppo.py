@@ -159,11 +159,11 @@ class PPOConfig:
     """Ours: the episode limit of this PPO's training, evaluation and validation episodes (None: the task's own,
     ``TaskSpec.max_steps``, 200 for our Meta-World tasks; Meta-World's own ``max_path_length`` is 500). Success
     stays "the simulator's flag was ever 1" within the limit, so a longer limit also gives the policy longer to
-    succeed at evaluation. Why one might: door-open's partly successful ``cpu`` policies succeed late (a seed at 50 %
-    in 200 steps, played for 500, opens the door at steps 151-238). Measured at ``cpu`` (door-open ``relam``, 500, 150k, gSDE,
-    validation-selected, 2026-12-06): 80 / 0 / 80 / 50 / 90 / 20 -> 60 / 10 / 40 / 70 / 10 / 10 % over 6 seeds (53.3 ->
-    33.3; final models 48.3 -> 18.3); the profile's own models played for 500 steps gain 5 points over 12 seeds
-    (62.5 -> 67.5). So it stays off (README, stage 05)."""
+    succeed at evaluation. Why one might: door-open's partly successful ``cpu`` policies succeed late (a seed at
+    50 % in 200 steps, played for 500, opens the door at steps 151-238). Measured at ``cpu`` (door-open ``relam``,
+    500, 150k, gSDE, validation-selected, 2026-12-06): 80 / 0 / 80 / 50 / 90 / 20 -> 60 / 10 / 40 / 70 / 10 / 10 %
+    over 6 seeds (53.3 -> 33.3; final models 48.3 -> 18.3); the profile's own models played for 500 steps gain 5
+    points over 12 seeds (62.5 -> 67.5). So it stays off (README, stage 05)."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
     task_overrides: dict = field(default_factory=dict)
