@@ -628,3 +628,5 @@ def test_max_steps_limits_training_and_evaluation_episodes_and_is_absent_from_co
     for bad in (0, 2.5, "500"):
         with pytest.raises(ValueError, match="ppo.max_steps must be a positive whole number"):
             _tiny_cfg(tmp_path / "bad", max_steps=bad)
+        with pytest.raises(ValueError, match="max_steps must be a positive whole number"):
+            make_env("drawer-open", env.planner, cfg, max_steps=bad)    # refused by make_task, before any simulator

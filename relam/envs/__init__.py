@@ -27,11 +27,16 @@ def task_spec(name: str) -> TaskSpec:
     return MANISKILL_SPECS[name]
 
 
-def make_task(name: str, image_size: int = 128, camera: CameraSpec | None = None, **kwargs) -> Task:
-    """Build a task. ``camera`` overrides the task's default fixed camera."""
+def make_task(name: str, image_size: int = 128, camera: CameraSpec | None = None,
+              max_steps: int | None = None, **kwargs) -> Task:
+    """Build a task. ``camera`` overrides the task's default fixed camera, ``max_steps`` (None: the task's own) its
+    episode limit."""
     check_task_name(name)
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive whole number of env steps or None (the task's own limit), "
+                         f"got {max_steps!r}")
     if name in METAWORLD_TASKS:
         from relam.envs.metaworld_tasks import MetaWorldTask
-        return MetaWorldTask(name, image_size=image_size, camera=camera, **kwargs)
+        return MetaWorldTask(name, image_size=image_size, camera=camera, max_steps=max_steps, **kwargs)
     from relam.envs.maniskill_tasks import ManiSkillTask
-    return ManiSkillTask(name, image_size=image_size, camera=camera, **kwargs)
+    return ManiSkillTask(name, image_size=image_size, camera=camera, max_steps=max_steps, **kwargs)

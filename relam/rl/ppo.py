@@ -278,10 +278,7 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
     if policy not in ("pixels", "keypoints"):
         raise ValueError(f"unknown policy {policy!r}; choose 'pixels' or 'keypoints'")
     image_obs = (policy == "pixels") if image_obs is None else image_obs
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be a positive number of env steps or None (the task's), got {max_steps}")
-    task = make_task(task_name, image_size=cfg.env.image_size,
-                     **({} if max_steps is None else {"max_steps": int(max_steps)}))
+    task = make_task(task_name, image_size=cfg.env.image_size, max_steps=max_steps)
     env = ReLAMRewardWrapper(TaskEnv(task, seed_pool, goal_obs), planner, SimOnlineTracker(task), planner.num_keypoints,
                              reward_config(cfg, task_name, planner.generated, getattr(planner, "plan_error", None)),
                              image_obs=image_obs,
