@@ -630,3 +630,42 @@ def test_max_steps_limits_training_and_evaluation_episodes_and_is_absent_from_co
             _tiny_cfg(tmp_path / "bad", max_steps=bad)
         with pytest.raises(ValueError, match="max_steps must be a positive whole number"):
             make_env("drawer-open", env.planner, cfg, max_steps=bad)    # refused by make_task, before any simulator
+
+
+def test_action_repeat_holds_actions_counts_env_steps_and_is_absent_from_configs_when_off(tmp_path):
+    from stable_baselines3 import PPO
+    from relam.rl.env import ActionRepeat
+    from relam.rl.ppo import make_env, make_planner, run_config
+    # the wrapper: rewards add up, a subgoal reached on an inner step is kept, the episode stops where it ends
+    inner = CountingEnv()
+    env = ActionRepeat(inner, 3)
+    env.reset()
+    _, r, term, _, info = env.step(np.zeros(1, np.float32))
+    assert (r, term, info["subgoal_reached"], inner.t) == (6.0, False, True, 3)   # raised at t = 2, not at t = 3
+    _, r, term, _, info = env.step(np.zeros(1, np.float32))
+    assert (r, term, info["subgoal_reached"], inner.trace) == (4.0, True, False, [1, 2, 3, 4])
+    # a run: budgets, evaluations and curves count env steps; SB3 counts policy steps; episodes hold half the steps
+    cfg = _tiny_cfg(tmp_path, task_overrides={"drawer-open": {"action_repeat": 2, "max_steps": 30}})
+    res = train_run(cfg, "drawer-open", "relam-gt", 0)
+    rd = tmp_path / "results" / "runs" / "drawer-open" / "relam-gt" / "seed0"
+    assert json.loads((rd / "config.json").read_text())["ppo"]["action_repeat"] == 2
+    assert res["steps"] == 400 and [e["step"] for e in res["evals"]] == [200, 400]
+    assert PPO.load(rd / "model.zip", device="cpu").num_timesteps == 200
+    rows = [row.split(",") for row in (rd / "train.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [200, 400] and max(float(r[5]) for r in rows) <= 15
+    assert all(e["mean_length"] <= 15 for e in res["evals"])
+    env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg, max_steps=30, action_repeat=2)
+    env.reset(options={"task_seed": 1_000_000})
+    steps, done = 0, False
+    while not done:
+        _, _, term, trunc, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+        steps, done = steps + 1, term or trunc
+    assert steps == 15 and trunc
+    assert "action_repeat" not in run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="ppo.action_repeat must be a positive whole number"):
+            _tiny_cfg(tmp_path / "bad", action_repeat=bad)
+    with pytest.raises(ValueError, match=r"total_steps=400, eval_every=200, n_steps=200 must be multiples of it"):
+        _tiny_cfg(tmp_path / "bad", action_repeat=3)
+    with pytest.raises(ValueError, match="action_repeat must be a positive whole number"):
+        ActionRepeat(inner, 0)

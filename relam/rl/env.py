@@ -310,3 +310,28 @@ class EnvRewardWrapper(gym.Wrapper):
                                          self.dense_max))
         info["stage_reached"] = info.pop("subgoal_reached")
         return obs, reward, terminated, truncated, info
+
+
+class ActionRepeat(gym.Wrapper):
+    """Holds each action for ``k`` steps of the wrapped env (``ppo.action_repeat``): the rewards add up, the episode
+    stops at the first of them that ends it, and ``info`` is the last step's with the flags that mark ONE step
+    (``subgoal_reached`` and ``stage_reached``: hierarchical PPO cuts GAE there; ``success``) set if any of the ``k``
+    steps raised them. The reward's stage machine and tracker still see every env step."""
+
+    FLAGS = ("subgoal_reached", "stage_reached", "success")
+
+    def __init__(self, env: gym.Env, k: int):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"action_repeat must be a positive whole number of env steps per action, got {k!r}")
+        super().__init__(env)
+        self.k = k
+
+    def step(self, action):
+        total, raised = 0.0, set()
+        for _ in range(self.k):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            raised |= {f for f in self.FLAGS if info.get(f, False)}
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, dict(info, **{f: True for f in raised})

@@ -164,6 +164,15 @@ class PPOConfig:
     500, 150k, gSDE, validation-selected, 2026-12-06): 80 / 0 / 80 / 50 / 90 / 20 -> 60 / 10 / 40 / 70 / 10 / 10 %
     over 6 seeds (53.3 -> 33.3; final models 48.3 -> 18.3); the profile's own models played for 500 steps gain 5
     points over 12 seeds (62.5 -> 67.5). So it stays off (README, stage 05)."""
+    action_repeat: int = 1
+    """Ours (1: off, as the paper): the policy acts every this many env steps and its action is held in between
+    (``relam.rl.env.ActionRepeat``: rewards summed, the GAE cut and the success flag kept if any of those steps raised
+    them). ``total_steps``, ``eval_every``, ``n_steps`` and ``max_steps`` still count ENV steps, so a run's simulator
+    budget and its curves' x-axis do not change; SB3's rollout holds ``n_steps / action_repeat`` policy steps. The
+    stage machine and the tracker still see every env step. Why one might: each decision moves the arm twice as far,
+    and the discount reaches twice as far in env steps (0.99 per decision), so reaching the door's handle and then
+    pulling is fewer, longer decisions apart. Episode lengths in train.csv / eval.csv count policy steps. Measurement on
+    door-open: README, stage 05."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
     task_overrides: dict = field(default_factory=dict)
@@ -175,6 +184,15 @@ class PPOConfig:
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ValueError(f"ppo.max_steps must be a positive whole number of env steps, or null for the task's own "
                              f"limit; got {self.max_steps!r}")
+        k = self.action_repeat
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"ppo.action_repeat must be a positive whole number of env steps per action (1: off); "
+                             f"got {k!r}")
+        uneven = [f"{name}={getattr(self, name)}" for name in ("total_steps", "eval_every", "n_steps")
+                  if getattr(self, name) % k]
+        if uneven:
+            raise ValueError(f"ppo.action_repeat={k}: {', '.join(uneven)} must be multiples of it (they count env "
+                             f"steps, {k} per policy step); round them to a multiple of {k}")
         if self.squash_output and not self.use_sde:
             raise ValueError("ppo.squash_output needs ppo.use_sde: true (Stable-Baselines3 squashes gSDE actions "
                              "only); set both, or leave squash_output false")
@@ -265,14 +283,15 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
 
 def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None,
              env_reward: bool = False, goal_obs: bool = False, keypoint_depth: bool = False,
-             max_steps: int | None = None):
+             max_steps: int | None = None, action_repeat: int = 1):
     """TaskEnv + ReLAM reward wrapper with the sim tracker (gymnasium env, not vectorised); with ``lift`` (a
     ``relam.rl.lift.SubgoalLift``) the observation also carries 'lift'; with ``env_reward`` the reward is the
     simulator's (``relam.rl.env.EnvRewardWrapper``, method 'env-reward'); with ``goal_obs`` 'state' ends with the
     task's goal position (``TaskEnv``, option ``iql.goal_observation``), then with ``keypoint_depth`` with the
-    keypoints' camera depth (option ``iql.keypoint_depth``); ``max_steps`` (None: the task's) is the episode limit."""
+    keypoints' camera depth (option ``iql.keypoint_depth``); ``max_steps`` (None: the task's) is the episode limit, in
+    env steps; ``action_repeat`` > 1 holds each action for that many env steps (``relam.rl.env.ActionRepeat``)."""
     from relam.envs import make_task
-    from relam.rl.env import EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
+    from relam.rl.env import ActionRepeat, EnvRewardWrapper, ReLAMRewardWrapper, SimOnlineTracker, TaskEnv
 
     policy = cfg.ppo.for_task(task_name).policy
     if policy not in ("pixels", "keypoints"):
@@ -286,10 +305,10 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
                              keypoint_depth=keypoint_depth)
     if env_reward:
         env = EnvRewardWrapper(env, task.dense_reward_max)
-    if lift is None:
-        return env
-    from relam.rl.lift import LiftObservation
-    return LiftObservation(env, lift)
+    if lift is not None:
+        from relam.rl.lift import LiftObservation
+        env = LiftObservation(env, lift)
+    return env if action_repeat == 1 else ActionRepeat(env, action_repeat)
 
 
 def keypoint_parts(cfg, task: str) -> np.ndarray:
@@ -394,16 +413,22 @@ def load_normalizer(run_dir: Path):
     return vn
 
 
+def env_steps(model, p: PPOConfig) -> int:
+    """Env steps a PPO model has trained for: SB3 counts policy steps, each ``p.action_repeat`` env steps."""
+    return int(model.num_timesteps) * p.action_repeat
+
+
 def evaluate_point(model, env, run_dir: Path, p: PPOConfig, state: dict) -> dict:
     """One evaluation (plus validation, if on) of the current model: appended to ``state['evals']`` and eval.csv,
     then passed to ``state['on_eval']`` if set.
     Call ``save_checkpoint`` after it: the checkpoint, then the selection, follow the evaluation history."""
     res = evaluate_with_validation(lambda n, offset: evaluate(model, env, n, seed_offset=offset), p.eval_episodes,
                                    p.validation_episodes)
-    state["evals"].append({"step": model.num_timesteps, **res})
-    append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [model.num_timesteps] + list(res.values()))
+    step = env_steps(model, p)
+    state["evals"].append({"step": step, **res})
+    append_csv_row(run_dir / "eval.csv", ["step"] + list(res), [step] + list(res.values()))
     if state.get("on_eval") is not None:
-        state["on_eval"](model.num_timesteps, res)
+        state["on_eval"](step, res)
     return res
 
 
@@ -415,8 +440,8 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
 
         def _on_training_start(self):
             self.episodes = []
-            self.t_last, self.n_last = time.perf_counter(), self.num_timesteps
-            self.next_eval = (self.num_timesteps // p.eval_every + 1) * p.eval_every
+            self.t_last, self.n_last = time.perf_counter(), env_steps(self, p)
+            self.next_eval = (env_steps(self, p) // p.eval_every + 1) * p.eval_every
 
         def _on_step(self):
             for info in self.locals["infos"]:
@@ -424,20 +449,21 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
                     self.episodes.append((info.get("episode_success", False), info.get("reached_last", False),
                                           info["episode"]["r"], info["episode"]["l"]))
             # the last evaluation waits for the end of learn(): here it would see the model before its last update
-            if self.next_eval <= self.num_timesteps < p.total_steps:
+            if self.next_eval <= env_steps(self, p) < p.total_steps:
                 self.next_eval += p.eval_every
                 self._evaluate()
             return True
 
         def _on_rollout_end(self):
             now = time.perf_counter()
-            fps = (self.num_timesteps - self.n_last) / max(now - self.t_last, 1e-9)
-            self.t_last, self.n_last = now, self.num_timesteps
+            step = env_steps(self, p)
+            fps = (step - self.n_last) / max(now - self.t_last, 1e-9)
+            self.t_last, self.n_last = now, step
             if self.episodes:
                 e = np.array(self.episodes, dtype=np.float64)
-                row = [self.num_timesteps, len(e), e[:, 0].mean(), e[:, 1].mean(), e[:, 2].mean(), e[:, 3].mean()]
+                row = [step, len(e), e[:, 0].mean(), e[:, 1].mean(), e[:, 2].mean(), e[:, 3].mean()]
             else:
-                row = [self.num_timesteps, 0, "", "", "", ""]
+                row = [step, 0, "", "", "", ""]
             self.episodes = []
             append_csv_row(run_dir / "train.csv", ["step", "episodes", "success_rate", "last_subgoal_rate",
                                                  "episode_return", "episode_length", "fps"], row + [round(fps, 1)])
@@ -450,7 +476,7 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
             for key in ("success_rate", "last_subgoal_rate", "validation_success_rate"):
                 if key in res:
                     self.logger.record(f"eval/{key}", res[key])
-            save_checkpoint(run_dir, self.model, state)
+            save_checkpoint(run_dir, self.model, state, env_steps(self.model, p))
 
     return RunCallback()
 
@@ -458,7 +484,7 @@ def _callback(run_dir: Path, eval_env, p: PPOConfig, state: dict):
 PPO_OPTIONS_ADDED_OFF = {("lr_schedule",): "constant", ("validation_episodes",): 0, ("diff_scale",): 1.0,
                          ("subgoal_lift",): False, ("normalize_obs",): False, ("use_sde",): False,
                          ("sde_sample_freq",): -1, ("log_std_init",): 0.0, ("squash_output",): False,
-                         ("target_kl",): None, ("max_steps",): None,
+                         ("target_kl",): None, ("max_steps",): None, ("action_repeat",): 1,
                          ("keypoint_depth",): False, ("task_overrides",): {}}
 """Options added after runs were made, with their original behaviour: absent from run configs at that value."""
 
@@ -483,15 +509,15 @@ def learning_rate(p: PPOConfig):
     raise ValueError(f"unknown ppo.lr_schedule {p.lr_schedule!r}; choose 'constant' or 'linear'")
 
 
-def save_checkpoint(run_dir: Path, model, state: dict) -> None:
+def save_checkpoint(run_dir: Path, model, state: dict, step: int) -> None:
     """Model, reward-normaliser statistics and evaluation history, each written atomically; the model is also
     copied to ``selected.zip`` when its evaluation is the selected one so far (``selected_index``). (A crash
     between these writes can leave ``selected.zip`` one evaluation ahead of the history in state.json; the
-    results then still name the selected step, from the history.)"""
+    results then still name the selected step, from the history.) ``step``: the model's env steps (``env_steps``)."""
     with atomic_path(run_dir / "checkpoint.zip") as tmp:
         model.save(tmp)  # SB3 adds ".zip" only to suffix-less paths; the temporary name has a suffix
     evals = state["evals"]
-    if evals and "validation_success_rate" in evals[-1] and evals[-1]["step"] == model.num_timesteps \
+    if evals and "validation_success_rate" in evals[-1] and evals[-1]["step"] == step \
             and selected_index(evals) == len(evals) - 1:
         with atomic_path(run_dir / "selected.zip") as tmp:
             shutil.copyfile(run_dir / "checkpoint.zip", tmp)
@@ -499,7 +525,7 @@ def save_checkpoint(run_dir: Path, model, state: dict) -> None:
     if vn is not None:
         with atomic_path(run_dir / "vecnormalize.pkl") as tmp:
             vn.save(tmp)
-    atomic_write_text(run_dir / "state.json", json.dumps({"step": model.num_timesteps, "evals": state["evals"]}))
+    atomic_write_text(run_dir / "state.json", json.dumps({"step": step, "evals": state["evals"]}))
 
 
 # --- one run and the grid -------------------------------------------------------------------------------
@@ -545,7 +571,8 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
     env_reward = method == "env-reward"
     venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift, env_reward=env_reward,
-                                                     keypoint_depth=p.keypoint_depth, max_steps=p.max_steps),
+                                                     keypoint_depth=p.keypoint_depth, max_steps=p.max_steps,
+                                                     action_repeat=p.action_repeat),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
     if p.normalize_reward or p.normalize_obs:
@@ -555,7 +582,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     if p.gae_cut:   # a no-op for 'env-reward', whose wrapper reports no subgoal_reached
         venv = GAECutVecEnv(venv)
     eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward, keypoint_depth=p.keypoint_depth,
-                        max_steps=p.max_steps)
+                        max_steps=p.max_steps, action_repeat=p.action_repeat)
 
     state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
@@ -568,12 +595,12 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
         model = PPO.load(run_dir / "checkpoint.zip", env=venv, device="cpu")
         state["evals"] = json.loads((run_dir / "state.json").read_text())["evals"]
         # the CSVs may hold rows written after the checkpoint: keep only what the checkpoint covers
-        truncate_csv_rows(run_dir / "train.csv", model.num_timesteps)
-        truncate_csv_rows(run_dir / "eval.csv", model.num_timesteps)
+        truncate_csv_rows(run_dir / "train.csv", env_steps(model, p))
+        truncate_csv_rows(run_dir / "eval.csv", env_steps(model, p))
     else:
         for name in ("train.csv", "eval.csv"):
             (run_dir / name).unlink(missing_ok=True)
-        model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps,
+        model = PPO("MultiInputPolicy", venv, learning_rate=lr, n_steps=p.n_steps // p.action_repeat,
                     batch_size=p.batch_size, n_epochs=p.n_epochs, gamma=p.gamma, gae_lambda=p.gae_lambda,
                     clip_range=p.clip_range, target_kl=p.target_kl, ent_coef=p.ent_coef, vf_coef=p.vf_coef,
                     max_grad_norm=p.max_grad_norm,
@@ -582,25 +609,25 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     from stable_baselines3.common.logger import configure
     model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
     t0 = time.perf_counter()
-    start_step = model.num_timesteps
-    remaining = p.total_steps - model.num_timesteps
+    start_step = env_steps(model, p)
+    remaining = p.total_steps - start_step
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=EXPERT_WARNING)
         if remaining > 0:
-            model.learn(remaining, callback=_callback(run_dir, eval_env, p, state), reset_num_timesteps=False)
-        if not state["evals"] or state["evals"][-1]["step"] < model.num_timesteps:
+            model.learn(remaining // p.action_repeat, callback=_callback(run_dir, eval_env, p, state), reset_num_timesteps=False)
+        if not state["evals"] or state["evals"][-1]["step"] < env_steps(model, p):
             evaluate_point(model, eval_env, run_dir, p, state)
     seconds = time.perf_counter() - t0
-    save_checkpoint(run_dir, model, state)
+    save_checkpoint(run_dir, model, state, env_steps(model, p))
     with atomic_path(run_dir / "model.zip") as tmp:
         shutil.copyfile(run_dir / "checkpoint.zip", tmp)
     final = state["evals"][-1]
     chosen = state["evals"][selected_index(state["evals"])]
-    results = {"task": task, "method": method, "seed": seed, "steps": int(model.num_timesteps),
+    results = {"task": task, "method": method, "seed": seed, "steps": env_steps(model, p),
                "success_rate": chosen["success_rate"], "last_subgoal_rate": chosen["last_subgoal_rate"],
                "selected_step": chosen["step"], "selected_eval": chosen, "final_eval": final,
                "evals": state["evals"], "seconds_this_session": round(seconds, 1),
-               "steps_per_second": round((model.num_timesteps - start_step) / max(seconds, 1e-9), 1),
+               "steps_per_second": round((env_steps(model, p) - start_step) / max(seconds, 1e-9), 1),
                "resumed": resumed, "policy": p.policy}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     venv.close()
@@ -626,7 +653,7 @@ def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = No
     planner = make_planner(task, method, cfg)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
     env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth,
-                   max_steps=p.max_steps)
+                   max_steps=p.max_steps, action_repeat=p.action_repeat)
     try:
         with warnings.catch_warnings():   # the scripted expert's (ground-truth plans), as in train_run
             warnings.filterwarnings("ignore", message=EXPERT_WARNING)
