@@ -171,8 +171,9 @@ class PPOConfig:
     budget and its curves' x-axis do not change; SB3's rollout holds ``n_steps / action_repeat`` policy steps. The
     stage machine and the tracker still see every env step. Why one might: each decision moves the arm twice as far,
     and the discount reaches twice as far in env steps (0.99 per decision), so reaching the door's handle and then
-    pulling is fewer, longer decisions apart. Episode lengths in train.csv / eval.csv count policy steps. Measurement on
-    door-open: README, stage 05."""
+    pulling is fewer, longer decisions apart. Episode lengths in train.csv / eval.csv count policy steps. Measured at
+    ``cpu`` (door-open ``relam``, k = 2, 150k env steps, gSDE, validation-selected, 2026-12-06): 63.3 -> 50.8 % over
+    12 seeds (worse on 8, better on 2; seeds 0-5 alone 53.3 -> 58.3), so it stays off (README, stage 05)."""
     workers: int = 1
     """Runs trained in parallel processes (one core each)."""
     task_overrides: dict = field(default_factory=dict)
