@@ -607,6 +607,16 @@ def test_ppo_task_overrides_apply_to_their_task_only_and_refuse_grid_settings_an
         _tiny_cfg(tmp_path, task_overrides={"door-opne": {"keypoint_depth": "xyz"}})
 
 
+def _zero_action_episode(env) -> tuple[int, bool]:
+    """Steps and truncation of one episode of zero actions from evaluation state 1 000 000."""
+    env.reset(options={"task_seed": 1_000_000})
+    steps, done = 0, False
+    while not done:
+        _, _, term, trunc, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+        steps, done = steps + 1, term or trunc
+    return steps, trunc
+
+
 def test_max_steps_limits_training_and_evaluation_episodes_and_is_absent_from_configs_when_off(tmp_path):
     from relam.rl.ppo import make_env, make_planner, run_config
     cfg = _tiny_cfg(tmp_path, task_overrides={"drawer-open": {"max_steps": 30}})
@@ -618,12 +628,7 @@ def test_max_steps_limits_training_and_evaluation_episodes_and_is_absent_from_co
     assert lengths and max(lengths) <= 30
     assert all(e["mean_length"] <= 30 for e in res["evals"])
     env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg, max_steps=30)
-    env.reset(options={"task_seed": 1_000_000})
-    steps, done = 0, False
-    while not done:
-        _, _, term, trunc, _ = env.step(np.zeros(env.action_space.shape, np.float32))
-        steps, done = steps + 1, term or trunc
-    assert steps == 30 and trunc
+    assert _zero_action_episode(env) == (30, True)
     assert "max_steps" not in run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
     for bad in (0, 2.5, "500"):
         with pytest.raises(ValueError, match="ppo.max_steps must be a positive whole number"):
@@ -655,12 +660,7 @@ def test_action_repeat_holds_actions_counts_env_steps_and_is_absent_from_configs
     assert [int(r[0]) for r in rows] == [200, 400] and max(float(r[5]) for r in rows) <= 15
     assert all(e["mean_length"] <= 15 for e in res["evals"])
     env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg, max_steps=30, action_repeat=2)
-    env.reset(options={"task_seed": 1_000_000})
-    steps, done = 0, False
-    while not done:
-        _, _, term, trunc, _ = env.step(np.zeros(env.action_space.shape, np.float32))
-        steps, done = steps + 1, term or trunc
-    assert steps == 15 and trunc
+    assert _zero_action_episode(env) == (15, True)
     assert "action_repeat" not in run_config(_tiny_cfg(tmp_path / "off"), "drawer-open", "relam-gt", 0)["ppo"]
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="ppo.action_repeat must be a positive whole number"):
