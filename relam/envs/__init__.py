@@ -1,7 +1,7 @@
 """Task registry: ``make_task(name)`` builds one of the paper's five tasks behind the ``Task`` interface."""
 from __future__ import annotations
 
-from relam.envs.base import CameraSpec, Task, TaskSpec  # noqa: F401
+from relam.envs.base import CameraSpec, Task, TaskSpec, is_count  # noqa: F401
 from relam.envs.camera import CameraParams  # noqa: F401
 
 METAWORLD_TASKS = ("drawer-open", "door-open", "button-press-wall")
@@ -32,7 +32,7 @@ def make_task(name: str, image_size: int = 128, camera: CameraSpec | None = None
     """Build a task. ``camera`` overrides the task's default fixed camera, ``max_steps`` (None: the task's own) its
     episode limit."""
     check_task_name(name)
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+    if max_steps is not None and not is_count(max_steps):
         raise ValueError(f"max_steps must be a positive whole number of env steps or None (the task's own limit), "
                          f"got {max_steps!r}")
     if name in METAWORLD_TASKS:

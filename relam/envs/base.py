@@ -31,6 +31,11 @@ class CameraSpec:
     fovy: float = 45.0
 
 
+def is_count(value) -> bool:
+    """A positive whole number (not a bool, which Python counts as an int): step counts, limits and repeats."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import gymnasium as gym
 import numpy as np
 
-from relam.envs.base import Task
+from relam.envs.base import Task, is_count
 from relam.reward import RewardConfig, StageMachine, env_reward_signal
 
 KEYPOINT_DEPTH = (False, True, "xyz")
@@ -321,7 +321,7 @@ class ActionRepeat(gym.Wrapper):
     FLAGS = ("subgoal_reached", "stage_reached", "success")
 
     def __init__(self, env: gym.Env, k: int):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_count(k):
             raise ValueError(f"action_repeat must be a positive whole number of env steps per action, got {k!r}")
         super().__init__(env)
         self.k = k

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from relam.envs import is_count
 from relam.io import append_csv_row, atomic_path, atomic_write_text, truncate_csv_rows, without_options_off
 from relam.reward import RewardConfig
 from relam.rl.runs import (begin_run, evaluate_policy, evaluate_with_validation, grid, run_dir_of, run_one_main,
@@ -182,11 +183,11 @@ class PPOConfig:
     per task. ``for_task`` applies them; a run's config.json holds its task's resolved settings."""
 
     def __post_init__(self):
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+        if self.max_steps is not None and not is_count(self.max_steps):
             raise ValueError(f"ppo.max_steps must be a positive whole number of env steps, or null for the task's own "
                              f"limit; got {self.max_steps!r}")
         k = self.action_repeat
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_count(k):
             raise ValueError(f"ppo.action_repeat must be a positive whole number of env steps per action (1: off); "
                              f"got {k!r}")
         uneven = [f"{name}={getattr(self, name)}" for name in ("total_steps", "eval_every", "n_steps")
@@ -310,6 +311,13 @@ def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | Non
         from relam.rl.lift import LiftObservation
         env = LiftObservation(env, lift)
     return env if action_repeat == 1 else ActionRepeat(env, action_repeat)
+
+
+def run_env(task: str, method: str, planner, cfg, p: PPOConfig, lift=None, seed_pool=None):
+    """The env of a PPO run of ``task`` / ``method`` under its settings ``p`` (training with ``seed_pool``,
+    evaluation and ``run_stalls`` without): one place passes the run's env options to ``make_env``."""
+    return make_env(task, planner, cfg, seed_pool, lift=lift, env_reward=method == "env-reward",
+                    keypoint_depth=p.keypoint_depth, max_steps=p.max_steps, action_repeat=p.action_repeat)
 
 
 def keypoint_parts(cfg, task: str) -> np.ndarray:
@@ -570,10 +578,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
     planner = make_planner(task, method, cfg)
     pool = np.arange(TRAIN_SEED_OFFSET, TRAIN_SEED_OFFSET + p.train_seed_pool)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
-    env_reward = method == "env-reward"
-    venv = DummyVecEnv([lambda: Monitor(make_env(task, planner, cfg, pool, lift=lift, env_reward=env_reward,
-                                                     keypoint_depth=p.keypoint_depth, max_steps=p.max_steps,
-                                                     action_repeat=p.action_repeat),
+    venv = DummyVecEnv([lambda: Monitor(run_env(task, method, planner, cfg, p, lift, pool),
                                         info_keywords=("episode_success", "reached_last"))])
     venv.seed(seed)
     if p.normalize_reward or p.normalize_obs:
@@ -582,8 +587,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
                             norm_obs_keys=keys)
     if p.gae_cut:   # a no-op for 'env-reward', whose wrapper reports no subgoal_reached
         venv = GAECutVecEnv(venv)
-    eval_env = make_env(task, planner, cfg, lift=lift, env_reward=env_reward, keypoint_depth=p.keypoint_depth,
-                        max_steps=p.max_steps, action_repeat=p.action_repeat)
+    eval_env = run_env(task, method, planner, cfg, p, lift)
 
     state = {"evals": [], "on_eval": on_eval}
     resumed = (run_dir / "checkpoint.zip").exists() and (run_dir / "state.json").exists()
@@ -653,8 +657,7 @@ def run_stalls(cfg, task: str, method: str, seed: int, episodes: int | None = No
     act = deterministic_actor(PPO.load(path, device="cpu"), load_normalizer(run_dir))
     planner = make_planner(task, method, cfg)
     lift = demo_lift(cfg, task, run_dir / "lift.pt") if p.subgoal_lift else None
-    env = make_env(task, planner, cfg, lift=lift, env_reward=method == "env-reward", keypoint_depth=p.keypoint_depth,
-                   max_steps=p.max_steps, action_repeat=p.action_repeat)
+    env = run_env(task, method, planner, cfg, p, lift)
     try:
         with warnings.catch_warnings():   # the scripted expert's (ground-truth plans), as in train_run
             warnings.filterwarnings("ignore", message=EXPERT_WARNING)
