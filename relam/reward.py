@@ -95,6 +95,13 @@ class RewardConfig:
     """Upper clip of the 'model' threshold (ours: ~7.7 px at 128 px; the fixed value used before the rule)."""
     stage_bonus: float = 1.0
     """r_stage, paid once per subgoal reached (ours)."""
+    object_progress: float = 0.0
+    """Weight w of a potential-based term on the OBJECTS' progress through the whole plan (ours; 0: off). Each step
+    adds w (D_prev - D) / D_ref: D is the objects' mean keypoint distance to their place in the plan's LAST subgoal,
+    D_ref the plan's own object travel from x^0 there (at least delta), so taking the objects the whole way pays w.
+    Why one might: the stage term pays for the objects only as far as the current subgoal takes them, so moving an
+    object ahead of the plan (opening the door past the current subgoal's few px) is penalised until the stages
+    catch up; this term pays for it at every stage. Needs the keypoints' parts (robot = part 0)."""
     success_bonus: float = 10.0
     """r_success, paid when the task is accomplished; the episode then ends (ours). 50 instead of 10 (door-open
     ``relam``, ``cpu``, 3 seeds, stopped at 90k steps, 2026-12-02): 10 / 0 / 0 % and 1.3-1.9 stages, as with 10."""
@@ -130,6 +137,8 @@ class RewardConfig:
             raise ValueError(f"d_max, delta and delta_generated must be positive and delta_generated_max >= delta, got "
                              f"d_max={self.d_max}, delta={self.delta}, delta_generated={dg}, "
                              f"delta_generated_max={self.delta_generated_max}")
+        if not (math.isfinite(self.object_progress) and self.object_progress >= 0):
+            raise ValueError(f"reward.object_progress must be a number >= 0 (0: off), got {self.object_progress}")
         if self.task_overrides:
             from relam.config import check_task_overrides
             check_task_overrides(self, "reward")
@@ -162,7 +171,8 @@ class RewardConfig:
         del d["delta_generated"], d["delta_generated_max"], d["criterion_generated"]   # resolved into delta, criterion
         if d.pop("task_overrides"):
             raise ValueError("RewardConfig.settings is per task: call it on cfg.reward.for_task(task)")
-        return without_options_off(d, {("part_weighting",): "keypoint"})   # added later: older runs stay current
+        return without_options_off(d, {("part_weighting",): "keypoint",   # added later: older runs stay current
+                                       ("object_progress",): 0.0})
 
 
 def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -263,6 +273,13 @@ class StageMachine:
             self._groups = [g for g in ([np.flatnonzero(labels == 0).tolist()]
                                         + [[int(i)] for i in np.flatnonzero(labels != 0)]) if g]
         self._target_rows = [t.ravel().tolist() for t in self.targets]   # per-step distances in plain Python
+        self._objects = self._object_ref = self._object_prev = None
+        if cfg.object_progress > 0 and len(self.targets):
+            if parts is None or not (labels != 0).any():
+                raise ValueError("reward.object_progress needs the keypoints' parts with at least one object keypoint "
+                                 "(part != 0; pass parts= / keypoint_parts=), or set reward.object_progress: 0")
+            self._objects = np.flatnonzero(labels != 0)
+            self._object_ref = max(self._object_distance(plan[0]), cfg.delta)
         self.k = 0
         self.reached_last = False
         self._last_finite = None
@@ -308,9 +325,20 @@ class StageMachine:
             return max(sum(per_point[i] for i in g) / len(g) for g in self._groups)
         return self.distance(per_point)
 
+    def _object_distance(self, points) -> float:
+        """Mean distance of the object keypoints in ``points`` (K, 2) to their place in the plan's last subgoal."""
+        return float(keypoint_distance(np.asarray(points)[self._objects], self.targets[-1][self._objects]).mean())
+
     def step(self, points: np.ndarray, env_success: bool = False) -> StepReward:
         cfg = self.cfg
         flat = self._clean(points)
+        progress = 0.0
+        if self._objects is not None:   # potential-based: the first step sets the potential and pays nothing
+            d_obj = self._object_distance(np.reshape(flat, (-1, 2)))
+            if math.isfinite(d_obj):      # an object point never seen finite: no progress term until it is
+                if self._object_prev is not None:
+                    progress = cfg.object_progress * (self._object_prev - d_obj) / self._object_ref
+                self._object_prev = d_obj
         if self.num_stages == 0:
             dist = dmax = 0.0
             reward, reached = 0.0, False
@@ -324,6 +352,7 @@ class StageMachine:
             reward = float(self.f(dist))
             crit = dist if cfg.criterion == "mean" else self.criterion_value(per_point)
             reached = crit < cfg.delta and not self.reached_last
+        reward += progress
         if reached:
             reward += cfg.stage_bonus
             if self.k + 1 < self.num_stages:

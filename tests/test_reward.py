@@ -460,3 +460,31 @@ def test_reward_task_overrides_resolve_per_task_and_are_checked():
     door = load_config("smoke", {"reward": {"task_overrides": {"door-open": {"criterion_generated": "robot-mean"}}}})
     assert reward_config(door, "door-open", True, 0.04).criterion == "robot-mean"
     assert reward_config(door, "door-open", False).criterion == "max"                  # ground-truth plans keep 'max'
+
+
+def test_object_progress_pays_the_objects_way_through_the_whole_plan_and_telescopes():
+    # robot point (part 0) stays at its targets; the object point (part 1) goes 0.1 -> 0.3 -> 0.5 along x
+    plan = np.zeros((3, 2, 2))
+    plan[:, 1, 0] = [0.1, 0.3, 0.5]                      # x^0, g^1, g^2: the object travels 0.4
+    cfg = RewardConfig(object_progress=4.0)
+    on, off = StageMachine(plan, cfg, parts=[0, 1]), StageMachine(plan, RewardConfig(), parts=[0, 1])
+    path = [0.1, 0.2, 0.45, 0.35, 0.35, float("nan")]    # ahead of g^1 (0.45), back, still, then lost
+    extra = []
+    for x in path:
+        p = np.array([[0.0, 0.0], [x, 0.0]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            a, b = on.step(p), off.step(p)
+        assert (a.stage, a.stage_reached) == (b.stage, b.stage_reached)   # the stage machine is untouched
+        extra.append(a.reward - b.reward)
+    # first step sets the potential; then 4 * (move toward the LAST subgoal) / 0.4, backwards negative, lost: 0
+    np.testing.assert_allclose(extra, [0.0, 1.0, 2.5, -1.0, 0.0, 0.0], atol=1e-9)
+    assert sum(extra) == pytest.approx(4.0 * (0.35 - 0.1) / 0.4)               # telescopes: start to last seen
+    with pytest.raises(ValueError, match="needs the keypoints' parts"):
+        StageMachine(plan, cfg)
+    with pytest.raises(ValueError, match="needs the keypoints' parts"):
+        StageMachine(plan, cfg, parts=[0, 0])
+    with pytest.raises(ValueError, match="object_progress"):
+        RewardConfig(object_progress=-1.0)
+    assert "object_progress" not in RewardConfig().settings(False)             # off: older runs stay current
+    assert cfg.settings(True, 0.05)["object_progress"] == 4.0
