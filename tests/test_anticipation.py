@@ -602,3 +602,35 @@ def test_task_overrides_apply_to_that_tasks_own_model_only(tmp_path):
     assert "task_overrides" not in json.loads((tmp_path / "run" / "config.json").read_text())
     assert "skipped" not in train(tmp_path / "run", ds, base.for_task("PickCube"), 32, progress=False)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 5e-4
+
+
+def test_int8_planning_copy_quantises_only_the_blocks_and_plans_as_fp32_does(tmp_path):
+    from relam.models.anticipation import int8_for_cpu
+    from relam.rl.planners import ModelPlanner
+    m = _model(d_model=64, n_layers=3, n_heads=4)
+    with torch.no_grad():   # non-trivial heads, so the plan depends on every block's output
+        for head in (m.head_abs, m.head_res):
+            head.weight.normal_(0, 0.05)
+        m.head_stop.bias.fill_(-1e4)
+    q = int8_for_cpu(m)
+    quantised = [type(mod).__module__ for mod in q.blocks.modules() if "Linear" in type(mod).__name__]
+    assert quantised and all("quantized" in name for name in quantised)
+    assert type(m.blocks[0].qkv) is torch.nn.Linear and type(q.head_abs) is torch.nn.Linear   # original untouched
+    feats = m.encode_images(_images(2), _images(2, 1))
+    a, b = m.generate(feats, max_len=5), q.generate(feats, max_len=5)
+    assert [len(p) for p in a] == [len(p) for p in b] == [5, 5]
+    assert 0 < max(np.abs(x - y).max() for x, y in zip(a, b)) < 0.05
+    with torch.no_grad():   # each block's update to its input: int8 changes it by a few per cent
+        x = m.image_tokens(feats)
+        for fb, qb in zip(m.blocks, q.blocks):
+            (yf, _), (yq, _) = fb(x), qb(x)
+            assert 0 < (yq - yf).norm() / (yf - x).norm() < 0.05
+            x = yf
+    # the planner option, on a trained checkpoint
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=3, eval_every=3,
+                             warmup_steps=1)
+    ds = _write_subgoal_ds(tmp_path)
+    train(tmp_path / "run", {"toy": ds}, cfg, 32, progress=False)
+    plans = [ModelPlanner(tmp_path / "run" / "checkpoint.pt", "toy", quantize=qz)(ds.first_frames[0])
+             for qz in (False, True)]
+    assert plans[0].shape == plans[1].shape and np.abs(plans[0] - plans[1]).max() < 0.02

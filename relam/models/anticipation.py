@@ -309,3 +309,25 @@ class AnticipationModel(nn.Module):
         self.train(was_training)
         stacked = torch.stack(plans, 1).cpu().numpy()                          # (B, steps, K, 2)
         return [stacked[n, :int(lengths[n])] for n in range(b)]
+
+
+def int8_for_cpu(model: AnticipationModel) -> AnticipationModel:
+    """A copy of ``model`` for planning on CPU, its transformer blocks' linear layers in int8 (PyTorch's dynamic
+    quantisation: int8 weights with one scale per layer, activations quantised per call); the encoder, the point MLP
+    and the heads stay fp32. Ours, for inference only. Why: each generated subgoal is one token through every block,
+    which reads all of the blocks' weights: at the paper's size (12 layers, d = 512; ~38 M block weights, 150 MB in
+    fp32) a CPU's cache does not hold them, so planning waits on memory, and int8 weights are a quarter of the bytes
+    (``benchmarks/planning_latency.py``: the latency and the plans' difference from fp32). The API is deprecated in
+    PyTorch (a DeprecationWarning, silenced here) but present in the pinned torch 2.13."""
+    import copy
+    import warnings
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as e:   # removed in a later torch: say what to do instead of failing deep inside
+        raise RuntimeError(f"int8 planning needs torch.ao.quantization.quantize_dynamic, which torch "
+                           f"{torch.__version__} lacks: plan in fp32 (quantize=False) or use torch==2.13.0") from e
+    q = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(deprecated|quantiz).*")
+        q.blocks = quantize_dynamic(q.blocks, {nn.Linear}, dtype=torch.qint8)
+    return q
