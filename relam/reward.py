@@ -101,7 +101,9 @@ class RewardConfig:
     D_ref the plan's own object travel from x^0 there (at least delta), so taking the objects the whole way pays w.
     Why one might: the stage term pays for the objects only as far as the current subgoal takes them, so moving an
     object ahead of the plan (opening the door past the current subgoal's few px) is penalised until the stages
-    catch up; this term pays for it at every stage. Needs the keypoints' parts (robot = part 0)."""
+    catch up; this term pays for it at every stage. Needs the keypoints' parts (robot = part 0). Measured with w = 5 on
+    door-open ``relam`` (``cpu``, 150k, 12 seeds, 2026-12-06): 60.0 % against the profile's 63.3 (paired -3.3 points,
+    95 % interval -31 to +25); not adopted (README, stage 05)."""
     success_bonus: float = 10.0
     """r_success, paid when the task is accomplished; the episode then ends (ours). 50 instead of 10 (door-open
     ``relam``, ``cpu``, 3 seeds, stopped at 90k steps, 2026-12-02): 10 / 0 / 0 % and 1.3-1.9 stages, as with 10."""
