@@ -104,6 +104,15 @@ class RewardConfig:
     catch up; this term pays for it at every stage. Needs the keypoints' parts (robot = part 0). Measured with w = 5 on
     door-open ``relam`` (``cpu``, 150k, 12 seeds, 2026-12-06): 60.0 % against the profile's 63.3 (paired -3.3 points,
     95 % interval -31 to +25); not adopted (README, stage 05)."""
+    object_lookahead: bool = False
+    """Ours (off): each OBJECT keypoint's distance, in d_k and in the stage criterion, is its distance to the
+    nearest of its places in the current and all LATER subgoals, not in the current one only. Why one might: the
+    stage term charges an object that is ahead of the plan for every step it stays ahead, since it is measured
+    against the current subgoal. Door-open's second subgoal has the door ~4.6 px open, and opening it the ~36 px
+    the task needs costs reward at every step until the stages catch up. ``object_progress`` pays once for moving
+    ahead; this option removes the per-step charge instead. The robot's keypoints still answer to the current
+    subgoal, so a stage still needs the arm's pose, and an object pushed back costs as before. Needs the
+    keypoints' parts (robot = part 0)."""
     success_bonus: float = 10.0
     """r_success, paid when the task is accomplished; the episode then ends (ours). 50 instead of 10 (door-open
     ``relam``, ``cpu``, 3 seeds, stopped at 90k steps, 2026-12-02): 10 / 0 / 0 % and 1.3-1.9 stages, as with 10."""
@@ -174,7 +183,7 @@ class RewardConfig:
         if d.pop("task_overrides"):
             raise ValueError("RewardConfig.settings is per task: call it on cfg.reward.for_task(task)")
         return without_options_off(d, {("part_weighting",): "keypoint",   # added later: older runs stay current
-                                       ("object_progress",): 0.0})
+                                       ("object_progress",): 0.0, ("object_lookahead",): False})
 
 
 def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -276,12 +285,19 @@ class StageMachine:
                                         + [[int(i)] for i in np.flatnonzero(labels != 0)]) if g]
         self._target_rows = [t.ravel().tolist() for t in self.targets]   # per-step distances in plain Python
         self._objects = self._object_ref = self._object_prev = None
+        uses_objects = [name for name, on in (("object_progress", cfg.object_progress > 0),
+                                              ("object_lookahead", cfg.object_lookahead)) if on]
+        if uses_objects and len(self.targets) and (parts is None or not (labels != 0).any()):
+            fix = ", ".join(f"reward.{name}: {'0' if name == 'object_progress' else 'false'}" for name in uses_objects)
+            raise ValueError(f"reward.{uses_objects[0]} needs the keypoints' parts with at least one object keypoint "
+                             f"(part != 0; pass parts= / keypoint_parts=), or set {fix}")
         if cfg.object_progress > 0 and len(self.targets):
-            if parts is None or not (labels != 0).any():
-                raise ValueError("reward.object_progress needs the keypoints' parts with at least one object keypoint "
-                                 "(part != 0; pass parts= / keypoint_parts=), or set reward.object_progress: 0")
             self._objects = np.flatnonzero(labels != 0)
             self._object_ref = max(self._object_distance(plan[0]), cfg.delta)
+        # object_lookahead: each object keypoint's places from every subgoal, as plain-Python rows per point
+        self._lookahead = None
+        if cfg.object_lookahead and len(self.targets):
+            self._lookahead = {int(i): [t[i].tolist() for t in self.targets] for i in np.flatnonzero(labels != 0)}
         self.k = 0
         self.reached_last = False
         self._last_finite = None
@@ -348,6 +364,10 @@ class StageMachine:
             # K distances in plain Python: with K ~ 4 numpy's per-call overhead dominated the wrapper's cost
             t = self._target_rows[self.k]
             per_point = [math.hypot(flat[i] - t[i], flat[i + 1] - t[i + 1]) for i in range(0, len(t), 2)]
+            if self._lookahead is not None:   # an object ahead of the plan: its nearest place from here on
+                for i, places in self._lookahead.items():
+                    x, y = flat[2 * i], flat[2 * i + 1]
+                    per_point[i] = min(math.hypot(x - px, y - py) for px, py in places[self.k:])
             per_point = [d if math.isfinite(d) else cfg.d_max for d in per_point]
             dmax = max(per_point)
             dist = self.distance(per_point)

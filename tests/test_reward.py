@@ -488,3 +488,29 @@ def test_object_progress_pays_the_objects_way_through_the_whole_plan_and_telesco
         RewardConfig(object_progress=-1.0)
     assert "object_progress" not in RewardConfig().settings(False)             # off: older runs stay current
     assert cfg.settings(True, 0.05)["object_progress"] == 4.0
+
+
+def test_object_lookahead_measures_an_object_ahead_of_the_plan_against_its_nearest_later_place():
+    # robot point (part 0) with targets at the origin; the object point (part 1) is planned 0.1 -> 0.2 -> 0.3 -> 0.5
+    plan = np.zeros((4, 2, 2))
+    plan[:, 1, 0] = [0.1, 0.2, 0.3, 0.5]
+    cfg = RewardConfig(object_lookahead=True)
+    arm_off = [0.0, 0.3]                                  # the arm 0.3 off its subgoal: no stage can pass
+    for x, ahead in [(0.05, 0.15), (0.25, 0.05), (0.3, 0.0), (0.45, 0.05)]:
+        p = np.array([arm_off, [x, 0.0]])
+        on = StageMachine(plan, cfg, parts=[0, 1]).step(p)
+        off = StageMachine(plan, RewardConfig(), parts=[0, 1]).step(p)
+        assert on.stage == off.stage == 0
+        assert off.distance == pytest.approx(0.5 * 0.3 + 0.5 * abs(x - 0.2))       # the current subgoal's place only
+        assert on.distance == pytest.approx(0.5 * 0.3 + 0.5 * ahead)                # nearest of g^1, g^2, g^3
+        assert on.reward >= off.reward
+    # with the arm on its subgoal, the object at g^2's place passes g^1 and g^2, but never a place it is behind
+    on, off = StageMachine(plan, cfg, parts=[0, 1]), StageMachine(plan, RewardConfig(), parts=[0, 1])
+    at_g2 = np.array([[0.0, 0.0], [0.3, 0.0]])
+    assert [on.step(at_g2).stage for _ in range(3)] == [1, 2, 2]
+    assert [off.step(at_g2).stage for _ in range(3)] == [0, 0, 0]
+    assert on.step(at_g2).distance == pytest.approx(0.5 * 0.2)                     # g^3: still 0.2 to go
+    with pytest.raises(ValueError, match="object_lookahead needs the keypoints' parts"):
+        StageMachine(plan, cfg, parts=[0, 0])
+    assert "object_lookahead" not in RewardConfig().settings(False)            # off: older runs stay current
+    assert cfg.settings(True, 0.05)["object_lookahead"] is True

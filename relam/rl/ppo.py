@@ -65,8 +65,9 @@ class PPOConfig:
     """Lost in the paper's text; ours."""
     lr_schedule: str = "constant"
     """'constant' or 'linear' (annealed to 0 at ``total_steps``, CleanRL's default); the paper's is lost. Measured at
-    ``cpu`` (relam, 3 seeds, 50 held-out states): 'linear' steadies drawer-open (64.0 -> 81.3 %) but door-open, which
-    learns after ~100k steps, fell 80 / 80 -> 0 / 0 % and button-press-wall 100 -> 82.7 %, so 'constant' stays.
+    ``cpu`` (relam, 2026-12-01): 'linear' steadies drawer-open (3 seeds, 50 held-out states: 64.0 -> 81.3 %) but
+    door-open, which learns after ~100k steps, fell 80 / 80 -> 0 / 0 % (seeds 0 / 1, 10 evaluation states) and
+    button-press-wall 100 -> 82.7 % (3 seeds, 50 held-out states), so 'constant' stays.
     Re-measured 2026-12-02 with the later defaults (drawer-open relam, validation-selected): 100 / 50 / 90 % (final
     80 / 100 / 90) against constant's 70 / 100 / 90 (final 70 / 100 / 80) on the same machine: within the spread.
     A finished 'linear' run extended to a larger budget resumes on the new line (its rate jumps back up)."""
