@@ -113,6 +113,12 @@ class RewardConfig:
     ahead; this option removes the per-step charge instead. The robot's keypoints still answer to the current
     subgoal, so a stage still needs the arm's pose, and an object pushed back costs as before. Needs the
     keypoints' parts (robot = part 0)."""
+    robot_lookahead: bool = False
+    """Ours (off): the ROBOT's keypoints, in d_k and in the stage criterion, are measured against the arm's pose in
+    whichever of the current and later subgoals it is nearest (the pose as a whole: the mean of its keypoints'
+    distances decides). With ``object_lookahead`` too, a state that matches a later subgoal passes the stages up to
+    it, one per step. Why one might: an arm that pulls the door along the expert's path is ahead of the current
+    subgoal's pose and is charged for it at every step, as the object is. Needs the keypoints' parts."""
     success_bonus: float = 10.0
     """r_success, paid when the task is accomplished; the episode then ends (ours). 50 instead of 10 (door-open
     ``relam``, ``cpu``, 3 seeds, stopped at 90k steps, 2026-12-02): 10 / 0 / 0 % and 1.3-1.9 stages, as with 10."""
@@ -183,7 +189,8 @@ class RewardConfig:
         if d.pop("task_overrides"):
             raise ValueError("RewardConfig.settings is per task: call it on cfg.reward.for_task(task)")
         return without_options_off(d, {("part_weighting",): "keypoint",   # added later: older runs stay current
-                                       ("object_progress",): 0.0, ("object_lookahead",): False})
+                                       ("object_progress",): 0.0, ("object_lookahead",): False,
+                                       ("robot_lookahead",): False})
 
 
 def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -286,7 +293,8 @@ class StageMachine:
         self._target_rows = [t.ravel().tolist() for t in self.targets]   # per-step distances in plain Python
         self._objects = self._object_ref = self._object_prev = None
         uses_objects = [name for name, on in (("object_progress", cfg.object_progress > 0),
-                                              ("object_lookahead", cfg.object_lookahead)) if on]
+                                              ("object_lookahead", cfg.object_lookahead),
+                                              ("robot_lookahead", cfg.robot_lookahead)) if on]
         if uses_objects and len(self.targets) and (parts is None or not (labels != 0).any()):
             fix = ", ".join(f"reward.{name}: {'0' if name == 'object_progress' else 'false'}" for name in uses_objects)
             raise ValueError(f"reward.{uses_objects[0]} needs the keypoints' parts with at least one object keypoint "
@@ -298,6 +306,10 @@ class StageMachine:
         self._lookahead = None
         if cfg.object_lookahead and len(self.targets):
             self._lookahead = {int(i): [t[i].tolist() for t in self.targets] for i in np.flatnonzero(labels != 0)}
+        self._robot = None   # robot_lookahead: the robot's keypoint indices and its pose in every subgoal
+        if cfg.robot_lookahead and len(self.targets):
+            self._robot = np.flatnonzero(labels == 0).tolist()
+            self._robot_poses = [[t[i].tolist() for i in self._robot] for t in self.targets]
         self.k = 0
         self.reached_last = False
         self._last_finite = None
@@ -368,6 +380,13 @@ class StageMachine:
                 for i, places in self._lookahead.items():
                     x, y = flat[2 * i], flat[2 * i + 1]
                     per_point[i] = min(math.hypot(x - px, y - py) for px, py in places[self.k:])
+            if self._robot is not None:       # the arm's nearest pose from here on, as a whole
+                points = [(flat[2 * i], flat[2 * i + 1]) for i in self._robot]
+                nearest = min((sum(dists) / len(dists), dists) for dists in
+                              ([math.hypot(x - px, y - py) for (x, y), (px, py) in zip(points, pose)]
+                               for pose in self._robot_poses[self.k:]))[1]
+                for i, d in zip(self._robot, nearest):
+                    per_point[i] = d
             per_point = [d if math.isfinite(d) else cfg.d_max for d in per_point]
             dmax = max(per_point)
             dist = self.distance(per_point)

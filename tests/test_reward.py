@@ -514,3 +514,36 @@ def test_object_lookahead_measures_an_object_ahead_of_the_plan_against_its_neare
         StageMachine(plan, cfg, parts=[0, 0])
     assert "object_lookahead" not in RewardConfig().settings(False)            # off: older runs stay current
     assert cfg.settings(True, 0.05)["object_lookahead"] is True
+
+
+def test_robot_lookahead_measures_the_arm_against_its_nearest_pose_from_the_current_subgoal_on():
+    # two robot points (part 0) that move together 0 -> 0.1 -> 0.2 along x; one object point (part 1) 0.2 -> 0.3 -> 0.5
+    plan = np.zeros((4, 3, 2))
+    plan[1:, 0, 0] = plan[1:, 1, 0] = [0.0, 0.1, 0.2]
+    plan[1:, 1, 1] = 0.05                                  # the second robot point rides 0.05 above the first
+    plan[:, 2, 0] = [0.1, 0.2, 0.3, 0.5]
+    both = RewardConfig(object_lookahead=True, robot_lookahead=True)
+    arm_only = RewardConfig(robot_lookahead=True)
+    arm_at_g2 = [[0.1, 0.0], [0.1, 0.05]]
+    # the arm at g^2's pose, the object still at g^1's place: the arm costs nothing, g^1 passes on the arm's
+    # later pose (the object is on its own place), and g^2 then needs the object too
+    m = StageMachine(plan, arm_only, parts=[0, 0, 1])
+    s = m.step(np.array(arm_at_g2 + [[0.2, 0.0]]))
+    assert (s.distance, s.stage) == (pytest.approx(0.0), 1)
+    s = m.step(np.array(arm_at_g2 + [[0.2, 0.0]]))
+    assert s.stage == 1 and s.distance == pytest.approx(0.5 * 0.1)                  # the object 0.1 short of g^2
+    off = StageMachine(plan, RewardConfig(), parts=[0, 0, 1]).step(np.array(arm_at_g2 + [[0.2, 0.0]]))
+    assert off.stage == 0 and off.distance == pytest.approx(0.5 * 0.1)             # the arm 0.1 from g^1
+    # arm and object both at g^3: with both options the stages pass one per step up to the last
+    m = StageMachine(plan, both, parts=[0, 0, 1])
+    at_g3 = np.array([[0.2, 0.0], [0.2, 0.05], [0.5, 0.0]])
+    steps = [m.step(at_g3) for _ in range(3)]
+    assert [s.stage_reached for s in steps] == [True, True, True] and steps[-1].reached_last
+    # the pose decides as a whole: one point near a later pose does not pull the other along
+    m = StageMachine(plan, arm_only, parts=[0, 0, 1])
+    s = m.step(np.array([[0.2, 0.0], [0.0, 0.05], [0.2, 0.0]]))
+    assert s.distance == pytest.approx(0.5 * 0.1)     # every pose is 0.1 off on average; point by point it'd be 0
+    assert s.stage == 0
+    with pytest.raises(ValueError, match="robot_lookahead needs the keypoints' parts"):
+        StageMachine(plan, arm_only)
+    assert "robot_lookahead" not in RewardConfig().settings(False)
