@@ -124,6 +124,10 @@ class RewardConfig:
     80 / 0 / 80, though the scripted expert passes 42.5 % of the generated stages with both (10.8 % without). The trap:
     a later subgoal's arm pose can lie nearer the start than the first one's (door-open's third: 11-12 px against
     14-16), so the reward stops leading the arm to the first subgoal. Not adopted (README, stage 05)."""
+    lookahead_horizon: int | None = None
+    """With ``object_lookahead`` / ``robot_lookahead`` (ours): how many subgoals after the current one they look at
+    (None: all of them). 1 keeps the arm and the objects answering to the current or the NEXT subgoal, so a later
+    pose that lies back near the start cannot draw them away from the first stage."""
     success_bonus: float = 10.0
     """r_success, paid when the task is accomplished; the episode then ends (ours). 50 instead of 10 (door-open
     ``relam``, ``cpu``, 3 seeds, stopped at 90k steps, 2026-12-02): 10 / 0 / 0 % and 1.3-1.9 stages, as with 10."""
@@ -159,6 +163,10 @@ class RewardConfig:
             raise ValueError(f"d_max, delta and delta_generated must be positive and delta_generated_max >= delta, got "
                              f"d_max={self.d_max}, delta={self.delta}, delta_generated={dg}, "
                              f"delta_generated_max={self.delta_generated_max}")
+        h = self.lookahead_horizon
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
+            raise ValueError(f"reward.lookahead_horizon must be a whole number >= 1 or null (all later subgoals), got "
+                             f"{self.lookahead_horizon!r}")
         if not (math.isfinite(self.object_progress) and self.object_progress >= 0):
             raise ValueError(f"reward.object_progress must be a number >= 0 (0: off), got {self.object_progress}")
         if self.task_overrides:
@@ -195,7 +203,8 @@ class RewardConfig:
             raise ValueError("RewardConfig.settings is per task: call it on cfg.reward.for_task(task)")
         return without_options_off(d, {("part_weighting",): "keypoint",   # added later: older runs stay current
                                        ("object_progress",): 0.0, ("object_lookahead",): False,
-                                       ("robot_lookahead",): False})
+                                       ("robot_lookahead",): False,
+                                       ("lookahead_horizon",): None})
 
 
 def keypoint_distance(points: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -360,6 +369,11 @@ class StageMachine:
             return max(sum(per_point[i] for i in g) / len(g) for g in self._groups)
         return self.distance(per_point)
 
+    def _ahead_end(self) -> int | None:
+        """End (exclusive) of the subgoals the lookahead options consider from the current one."""
+        h = self.cfg.lookahead_horizon
+        return None if h is None else self.k + 1 + h
+
     def _object_distance(self, points) -> float:
         """Mean distance of the object keypoints in ``points`` (K, 2) to their place in the plan's last subgoal."""
         return float(keypoint_distance(np.asarray(points)[self._objects], self.targets[-1][self._objects]).mean())
@@ -384,12 +398,12 @@ class StageMachine:
             if self._lookahead is not None:   # an object ahead of the plan: its nearest place from here on
                 for i, places in self._lookahead.items():
                     x, y = flat[2 * i], flat[2 * i + 1]
-                    per_point[i] = min(math.hypot(x - px, y - py) for px, py in places[self.k:])
+                    per_point[i] = min(math.hypot(x - px, y - py) for px, py in places[self.k:self._ahead_end()])
             if self._robot is not None:       # the arm's nearest pose from here on, as a whole
                 points = [(flat[2 * i], flat[2 * i + 1]) for i in self._robot]
                 nearest = min((sum(dists) / len(dists), dists) for dists in
                               ([math.hypot(x - px, y - py) for (x, y), (px, py) in zip(points, pose)]
-                               for pose in self._robot_poses[self.k:]))[1]
+                               for pose in self._robot_poses[self.k:self._ahead_end()]))[1]
                 for i, d in zip(self._robot, nearest):
                     per_point[i] = d
             per_point = [d if math.isfinite(d) else cfg.d_max for d in per_point]

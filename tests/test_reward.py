@@ -547,3 +547,17 @@ def test_robot_lookahead_measures_the_arm_against_its_nearest_pose_from_the_curr
     with pytest.raises(ValueError, match="robot_lookahead needs the keypoints' parts"):
         StageMachine(plan, arm_only)
     assert "robot_lookahead" not in RewardConfig().settings(False)
+
+
+def test_lookahead_horizon_limits_the_lookahead_to_the_next_subgoals():
+    plan = np.zeros((4, 2, 2))
+    plan[:, 1, 0] = [0.1, 0.2, 0.3, 0.5]                  # the object's places; the robot's targets at the origin
+    p = np.array([[0.0, 0.3], [0.5, 0.0]])                # the object already at g^3's place, the arm off
+    d = {h: StageMachine(plan, RewardConfig(object_lookahead=True, lookahead_horizon=h), parts=[0, 1]).step(p).distance
+         for h in (None, 1, 2)}
+    assert d[None] == d[2] == pytest.approx(0.5 * 0.3)                        # g^3 within reach: the object pays 0
+    assert d[1] == pytest.approx(0.5 * 0.3 + 0.5 * 0.2)                       # g^1 and g^2 only: 0.2 short of g^3
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="lookahead_horizon"):
+            RewardConfig(lookahead_horizon=bad)
+    assert "lookahead_horizon" not in RewardConfig().settings(False)
