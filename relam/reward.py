@@ -306,12 +306,12 @@ class StageMachine:
                                         + [[int(i)] for i in np.flatnonzero(labels != 0)]) if g]
         self._target_rows = [t.ravel().tolist() for t in self.targets]   # per-step distances in plain Python
         self._objects = self._object_ref = self._object_prev = None
-        uses_objects = [name for name, on in (("object_progress", cfg.object_progress > 0),
+        needs_parts = [name for name, on in (("object_progress", cfg.object_progress > 0),
                                               ("object_lookahead", cfg.object_lookahead),
                                               ("robot_lookahead", cfg.robot_lookahead)) if on]
-        if uses_objects and len(self.targets) and (parts is None or not (labels != 0).any()):
-            fix = ", ".join(f"reward.{name}: {'0' if name == 'object_progress' else 'false'}" for name in uses_objects)
-            raise ValueError(f"reward.{uses_objects[0]} needs the keypoints' parts with at least one object keypoint "
+        if needs_parts and len(self.targets) and (parts is None or not (labels != 0).any()):
+            fix = ", ".join(f"reward.{name}: {'0' if name == 'object_progress' else 'false'}" for name in needs_parts)
+            raise ValueError(f"reward.{needs_parts[0]} needs the keypoints' parts with at least one object keypoint "
                              f"(part != 0; pass parts= / keypoint_parts=), or set {fix}")
         if cfg.object_progress > 0 and len(self.targets):
             self._objects = np.flatnonzero(labels != 0)
