@@ -318,14 +318,9 @@ class StageMachine:
         if cfg.object_progress > 0 and len(self.targets):
             self._objects = np.flatnonzero(labels != 0)
             self._object_ref = max(self._object_distance(plan[0]), cfg.delta)
-        # object_lookahead: each object keypoint's places from every subgoal, as plain-Python rows per point
-        self._lookahead = None
-        if cfg.object_lookahead and len(self.targets):
-            self._lookahead = {int(i): [t[i].tolist() for t in self.targets] for i in np.flatnonzero(labels != 0)}
-        self._robot = None   # robot_lookahead: the robot's keypoint indices and its pose in every subgoal
-        if cfg.robot_lookahead and len(self.targets):
-            self._robot = np.flatnonzero(labels == 0).tolist()
-            self._robot_poses = [[t[i].tolist() for i in self._robot] for t in self.targets]
+        # the keypoints the lookahead options measure against later subgoals (empty: option off)
+        self._ahead_objects = np.flatnonzero(labels != 0).tolist() if cfg.object_lookahead else []
+        self._ahead_robot = np.flatnonzero(labels == 0).tolist() if cfg.robot_lookahead else []
         self.k = 0
         self.reached_last = False
         self._last_finite = None
@@ -397,17 +392,16 @@ class StageMachine:
             # K distances in plain Python: with K ~ 4 numpy's per-call overhead dominated the wrapper's cost
             t = self._target_rows[self.k]
             per_point = [math.hypot(flat[i] - t[i], flat[i + 1] - t[i + 1]) for i in range(0, len(t), 2)]
-            if self._lookahead is not None:   # an object ahead of the plan: its nearest place from here on
-                for i, places in self._lookahead.items():
-                    x, y = flat[2 * i], flat[2 * i + 1]
-                    per_point[i] = min(math.hypot(x - px, y - py) for px, py in places[self.k:self._ahead_end()])
-            if self._robot is not None:       # the arm's nearest pose from here on, as a whole
-                points = [(flat[2 * i], flat[2 * i + 1]) for i in self._robot]
-                nearest = min((sum(dists) / len(dists), dists) for dists in
-                              ([math.hypot(x - px, y - py) for (x, y), (px, py) in zip(points, pose)]
-                               for pose in self._robot_poses[self.k:self._ahead_end()]))[1]
-                for i, d in zip(self._robot, nearest):
-                    per_point[i] = d
+            if self._ahead_objects or self._ahead_robot:
+                ahead = self._target_rows[self.k:self._ahead_end()]
+                gap = lambda i, r: math.hypot(flat[2 * i] - r[2 * i], flat[2 * i + 1] - r[2 * i + 1])  # noqa: E731
+                for i in self._ahead_objects:   # an object ahead of the plan: its nearest place from here on
+                    per_point[i] = min(gap(i, r) for r in ahead)
+                if self._ahead_robot:           # the arm's nearest pose from here on, as a whole
+                    nearest = min((sum(dists) / len(dists), dists) for dists in
+                                  ([gap(i, r) for i in self._ahead_robot] for r in ahead))[1]
+                    for i, d in zip(self._ahead_robot, nearest):
+                        per_point[i] = d
             per_point = [d if math.isfinite(d) else cfg.d_max for d in per_point]
             dmax = max(per_point)
             dist = self.distance(per_point)
