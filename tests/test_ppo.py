@@ -669,3 +669,28 @@ def test_action_repeat_holds_actions_counts_env_steps_and_is_absent_from_configs
         _tiny_cfg(tmp_path / "bad", action_repeat=3)
     with pytest.raises(ValueError, match="action_repeat must be a positive whole number"):
         ActionRepeat(inner, 0)
+
+
+def test_keypoint_aliases_measure_the_reward_distance_from_hand_places_around_the_grasp(tmp_path):
+    """relam.rl.plan_check.keypoint_aliases: the check that found door-open's stuck hands along the camera's ray."""
+    from relam.rl.env import EnvRewardWrapper
+    from relam.rl.plan_check import keypoint_aliases
+    from relam.rl.ppo import make_env, make_planner
+
+    cfg = _tiny_cfg(tmp_path)
+    env = make_env("drawer-open", make_planner("drawer-open", "relam-gt", cfg), cfg)
+    out = keypoint_aliases(env, task_seed=7, offsets_cm=[(0, 0, 0), (0, 0, 10), (0, -10, 10)])
+    at, above, front = out["probes"]
+    assert at["gap_cm"] < 2.0 and 8.0 < above["gap_cm"] < 12.0 and 12.0 < front["gap_cm"] < 16.0
+    assert above["reached_cm"][2] > 8.0 and front["reached_cm"][1] < -8.0   # the hand went where it was sent
+    # the grasp's own place reads (nearly) the grasp's keypoints; 10 cm above and in front of it reads further
+    assert at["d_px"] < 0.5 * above["d_px"] and at["d_px"] < 0.5 * front["d_px"]
+    assert at["max_px"] >= at["d_px"] and above["max_px"] >= above["d_px"]
+    assert out["near_min_px"] == at["d_px"]
+    assert out["far_min_px"] == min(above["d_px"], front["d_px"])
+    assert out["alias_ratio"] == pytest.approx(out["far_min_px"] / out["near_min_px"])
+    assert 0 < out["reference_step"] < env.env.task.spec.max_steps and len(out["reference_hand"]) == 3
+    with pytest.raises(ValueError, match="near_cm"):
+        keypoint_aliases(env, offsets_cm=[(0, 0, 0)], near_cm=0)
+    with pytest.raises(TypeError, match="TaskEnv"):
+        keypoint_aliases(EnvRewardWrapper(env, env.env.task.dense_reward_max), offsets_cm=[(0, 0, 0)])

@@ -121,3 +121,87 @@ def stage_stalls(env, act, episodes: int = 10, seed_offset: int = VALIDATION_SEE
                                             if stalled and parts is not None else None),
                "stalled_near_miss": float(np.mean([r["miss_px"] <= 2.0 for r in stalled])) if stalled else None}
     return {"episodes": rows, "summary": summary}
+
+
+def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=None, near_cm: float = 8.0,
+                     via_cm=(0.0, -10.0, 10.0), steps: int = 50) -> dict:
+    """Does the camera's view of the keypoints tell the arm's place apart? The reward distance d_k from hand places
+    around the grasp to the keypoints of the grasp itself.
+
+    The reference is the scripted expert's keypoints two steps before the task object first moves (by 5 mm) from task
+    seed ``task_seed``: the grasp, which the plan's subgoal before the object's motion asks for. Then, from the same
+    initial state for each probe, the hand is driven (delta-position actions, the gripper open) to the reference hand
+    place plus ``via_cm`` plus the probe's offset, and then for ``steps`` steps to the reference hand place plus the
+    offset (``offsets_cm``: (n, 3) cm, world frame; default: x and z in -15..10 cm by 5, y in {0, -8}; ``via_cm``
+    default: 10 cm towards the robot and 10 cm up, so the hand comes from the front and above). There the keypoints'
+    distance to the reference is measured as the reward measures it (d_k, ``StageMachine.distance``, and the largest
+    single keypoint's), in pixels. The arm is redundant, so the hand's controller reaches the grasp's place with the
+    arm a pixel or two off the expert's pose: compare places reached by the same controller (the near and far
+    minima), as a policy reaches them by its own path too.
+
+    Why: one camera sees the keypoints in 2-D, so hand places along its view ray look alike. Where such a place is
+    reachable it is a pocket of the reward: d_k is nearly as small as at the grasp, no stage is passed, and getting out
+    costs reward first. Door-open at ``cpu`` (README, stage 05): its 0 % PPO seeds end with the hand 8-10 cm below the
+    handle and 10 cm to its side, along the camera's ray, where d_k is 3-4 px against 1-2 px at the grasp.
+
+    Returns ``reference_hand`` (m), ``reference_step``, one row per probe (``offset_cm``, ``reached_cm``: where the
+    hand got, from the reference hand place; ``gap_cm``: its distance; ``d_px``, ``max_px``), and the summary:
+    ``near_min_px`` (the smallest d_k within ``near_cm`` of the grasp), ``far_min_px`` and ``far_min_at_cm`` (the
+    smallest d_k further away, and where), ``alias_ratio`` = far / near (near 1: the camera cannot tell those places
+    apart). Meta-World tasks only (their actions move the hand by a position delta)."""
+    from relam.reward import keypoint_distance
+    from relam.rl.env import TaskEnv
+
+    inner = env.env
+    if not isinstance(inner, TaskEnv):
+        raise TypeError(f"keypoint_aliases needs the reward wrapper directly around a TaskEnv (relam.rl.ppo.make_env "
+                        f"without a lift), got {type(inner).__name__}")
+    task = inner.task
+    if task.spec.suite != "metaworld":
+        raise ValueError(f"keypoint_aliases drives the hand by Meta-World's delta-position actions; {task.spec.name} "
+                         f"is a {task.spec.suite} task")
+    if not near_cm > 0 or steps < 1:
+        raise ValueError(f"near_cm must be > 0 and steps >= 1, got near_cm={near_cm}, steps={steps}")
+    if offsets_cm is None:
+        offsets_cm = [(x, y, z) for x in range(-15, 15, 5) for z in range(-15, 15, 5) for y in (0, -8)]
+    offsets = np.asarray(offsets_cm, np.float64).reshape(-1, 3) / 100.0
+
+    def hand() -> np.ndarray:
+        return np.asarray(task.proprio()[:3], np.float64)
+
+    def drive(target: np.ndarray, n: int) -> None:
+        for _ in range(n):
+            action = np.zeros(env.action_space.shape, np.float32)
+            action[:3] = np.clip((target - hand()) * 20.0, -1.0, 1.0)   # full speed beyond 5 cm
+            action[3:] = -1.0                                           # gripper open
+            env.step(action)
+
+    env.reset(options={"task_seed": task_seed})
+    start, seen = task.object_position().copy(), []
+    for step in range(task.spec.max_steps):
+        env.step(task.expert_action(inner.last_state))
+        seen.append((env.keypoints.copy(), hand()))
+        if np.linalg.norm(task.object_position() - start) > 0.005:
+            break
+    else:
+        raise RuntimeError(f"the expert never moved {task.spec.name}'s object from task seed {task_seed}")
+    ref_step = max(len(seen) - 3, 0)
+    ref_points, ref_hand = seen[ref_step]
+    rows = []
+    for off in offsets:
+        env.reset(options={"task_seed": task_seed})
+        drive(ref_hand + off + np.asarray(via_cm, np.float64) / 100.0, 30)
+        drive(ref_hand + off, steps)
+        per = keypoint_distance(env.keypoints, ref_points).tolist()
+        reached = hand() - ref_hand
+        rows.append({"offset_cm": (off * 100).round(1).tolist(), "reached_cm": (reached * 100).round(1).tolist(),
+                     "gap_cm": float(np.linalg.norm(reached) * 100), "d_px": env.machine.distance(per) * env.size,
+                     "max_px": max(per) * env.size})
+    near = [r for r in rows if r["gap_cm"] <= near_cm]
+    far = [r for r in rows if r["gap_cm"] > near_cm]
+    near_min = min((r["d_px"] for r in near), default=None)
+    best_far = min(far, key=lambda r: r["d_px"], default=None)
+    return {"reference_hand": ref_hand.tolist(), "reference_step": ref_step + 1, "probes": rows,
+            "near_min_px": near_min, "far_min_px": None if best_far is None else best_far["d_px"],
+            "far_min_at_cm": None if best_far is None else best_far["reached_cm"],
+            "alias_ratio": (best_far["d_px"] / near_min if best_far is not None and near_min else None)}
