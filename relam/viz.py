@@ -238,3 +238,27 @@ def plot_curves_by_method(curves, tasks, cfg, title: str = ""):
         ax.set_title(table4_label(task, cfg.iql.learner), fontsize=9)
         ax.set_xlabel("gradient steps" if task in cfg.iql.tasks else "env steps")
     return _finish_curve_panels(fig, axes, title)
+
+
+def plot_keypoint_aliases(ax, result: dict, title: str = ""):
+    """A ``relam.rl.plan_check.keypoint_aliases`` result on one axes: the probes at the grasp's depth (commanded y
+    offset 0), placed where the hand got (x, z in cm from the grasp), coloured by the reward distance d_k to the
+    grasp's keypoints. The grasp is the star; the smallest d_k further than the near radius is circled. A colour
+    as dark away from the star as at it means the camera cannot tell those hand places apart."""
+    rows = [r for r in result["probes"] if abs(r["offset_cm"][1]) < 1e-6]
+    if not rows:
+        raise ValueError("no probe at the grasp's depth (offset y = 0) to draw: pass offsets_cm with y = 0 to "
+                         "keypoint_aliases")
+    xz = np.array([(r["reached_cm"][0], r["reached_cm"][2]) for r in rows])
+    art = ax.scatter(xz[:, 0], xz[:, 1], c=[r["d_px"] for r in rows], cmap="viridis_r", s=60, edgecolors="none")
+    ax.scatter([0], [0], marker="*", s=160, color="red", label="grasp")
+    if result.get("far_min_at_cm") is not None:
+        x, _, z = result["far_min_at_cm"]
+        ax.scatter([x], [z], s=220, facecolors="none", edgecolors="red",
+                   label=f"far min {result['far_min_px']:.1f} px (near {result['near_min_px']:.1f})")
+    ax.figure.colorbar(art, ax=ax, label="d_k to the grasp (px)")
+    ax.set_xlabel("hand x from the grasp (cm)")
+    ax.set_ylabel("hand z from the grasp (cm)")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    return ax

@@ -690,7 +690,18 @@ def test_keypoint_aliases_measure_the_reward_distance_from_hand_places_around_th
     assert out["far_min_px"] == min(above["d_px"], front["d_px"])
     assert out["alias_ratio"] == pytest.approx(out["far_min_px"] / out["near_min_px"])
     assert 0 < out["reference_step"] < env.env.task.spec.max_steps and len(out["reference_hand"]) == 3
+    assert out["task_seed"] == 7   # the expert opens the drawer from it, so no later seed was needed
+    import matplotlib.pyplot as plt
+    from relam.viz import plot_keypoint_aliases
+    fig, ax = plt.subplots()
+    plot_keypoint_aliases(ax, out)   # the two probes at the grasp's depth, the grasp, the far minimum
+    assert [len(c.get_offsets()) for c in ax.collections] == [2, 1, 1]
+    with pytest.raises(ValueError, match="y = 0"):
+        plot_keypoint_aliases(ax, dict(out, probes=[front]))
+    plt.close(fig)
     with pytest.raises(ValueError, match="near_cm"):
         keypoint_aliases(env, offsets_cm=[(0, 0, 0)], near_cm=0)
+    with pytest.raises(ValueError, match="tries"):
+        keypoint_aliases(env, offsets_cm=[(0, 0, 0)], tries=0)
     with pytest.raises(TypeError, match="TaskEnv"):
         keypoint_aliases(EnvRewardWrapper(env, env.env.task.dense_reward_max), offsets_cm=[(0, 0, 0)])
