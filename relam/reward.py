@@ -95,6 +95,14 @@ class RewardConfig:
     """Upper clip of the 'model' threshold (ours: ~7.7 px at 128 px; the fixed value used before the rule)."""
     stage_bonus: float = 1.0
     """r_stage, paid once per subgoal reached (ours)."""
+    object_share: float | None = None
+    """With ``part_weighting: part`` (ours): the share of d_k carried by the OBJECTS' keypoints together (split evenly
+    among the object parts, each part's among its keypoints); the robot carries the rest. None (default): every part
+    an equal share (robot 1/2, one object 1/2). Why one might raise it: before an object moves only the arm's term
+    changes, and PPO's advantage normalisation makes its scale matter little there; once the object moves, a larger
+    object share makes an arm that reached its subgoal's pose without bringing the object along cost more. The step
+    from 'keypoint' (object 1/4 at K = 4) to 'part' (1/2) raised drawer-open and door-open (above). Needs the
+    keypoints' parts, with a robot part (0) and at least one object part."""
     object_progress: float = 0.0
     """Weight w of a potential-based term on the OBJECTS' progress through the whole plan (ours; 0: off). Each step
     adds w (D_prev - D) / D_ref: D is the objects' mean keypoint distance to their place in the plan's LAST subgoal,
@@ -169,6 +177,13 @@ class RewardConfig:
         if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
             raise ValueError(f"reward.lookahead_horizon must be a whole number >= 1 or null (all later subgoals), got "
                              f"{self.lookahead_horizon!r}")
+        share = self.object_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1):
+            raise ValueError(f"reward.object_share must be a number in (0, 1) or null (each part an equal share), got "
+                             f"{share!r}")
+        if share is not None and self.part_weighting != "part":
+            raise ValueError(f"reward.object_share sets the objects' share of d_k under part_weighting 'part', not "
+                             f"{self.part_weighting!r}: set part_weighting: part or object_share: null")
         if not (math.isfinite(self.object_progress) and self.object_progress >= 0):
             raise ValueError(f"reward.object_progress must be a number >= 0 (0: off), got {self.object_progress}")
         if self.task_overrides:
@@ -204,6 +219,7 @@ class RewardConfig:
         if d.pop("task_overrides"):
             raise ValueError("RewardConfig.settings is per task: call it on cfg.reward.for_task(task)")
         return without_options_off(d, {("part_weighting",): "keypoint",   # added later: older runs stay current
+                                       ("object_share",): None,
                                        ("object_progress",): 0.0, ("object_lookahead",): False,
                                        ("robot_lookahead",): False,
                                        ("lookahead_horizon",): None})
@@ -236,7 +252,16 @@ def keypoint_weights(cfg: RewardConfig, parts, num_keypoints: int) -> list[float
         return None
     parts = part_labels(parts, num_keypoints)
     labels, counts = np.unique(parts, return_counts=True)
-    share = {int(l): 1.0 / (len(labels) * c) for l, c in zip(labels, counts)}
+    if cfg.object_share is None:
+        share = {int(l): 1.0 / (len(labels) * c) for l, c in zip(labels, counts)}
+    else:
+        objects = [int(l) for l in labels if l != 0]
+        if 0 not in labels or not objects:
+            raise ValueError(f"reward.object_share needs a robot part (0) and an object part among the keypoints' "
+                             f"parts, got parts {sorted(int(l) for l in labels)}; set reward.object_share: null")
+        each = {int(l): int(c) for l, c in zip(labels, counts)}
+        share = {l: cfg.object_share / (len(objects) * each[l]) for l in objects}
+        share[0] = (1.0 - cfg.object_share) / each[0]
     return [share[int(p)] for p in parts]
 
 

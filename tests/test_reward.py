@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from relam.reward import REWARD_FUNCTIONS, RewardConfig, StageMachine, relabel, reward_function
+from relam.reward import REWARD_FUNCTIONS, RewardConfig, StageMachine, keypoint_weights, relabel, reward_function
 from relam.rl.env import ReLAMRewardWrapper
 
 
@@ -364,6 +364,31 @@ def test_part_weighting_gives_each_part_an_equal_share_of_the_distance():
     # relabelling uses the same weights
     out = relabel(np.stack([plan[0], pts]), plan, np.zeros(1, bool), RewardConfig(part_weighting="part"), [0, 0, 0, 1])
     assert out["reward"][0] == pytest.approx(float(reward_function(RewardConfig())(0.1 / 6)))
+
+
+def test_object_share_sets_the_objects_share_of_the_distance():
+    plan = np.array([[[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.5, 0.5], [0.6, 0.6]]] * 2)
+    parts = [0, 0, 0, 1, 2]                                   # three arm points, two objects of one point each
+    off = plan[1].copy()
+    off[3, 0] += 0.1                                          # the first object 0.1 short, all else on target
+    cfg = RewardConfig(part_weighting="part", object_share=0.75)
+    assert StageMachine(plan, cfg, parts).step(off).distance == pytest.approx(0.1 * 0.75 / 2)
+    assert StageMachine(plan, RewardConfig(part_weighting="part"), parts).step(off).distance == pytest.approx(0.1 / 3)
+    arm = plan[1].copy()
+    arm[0, 0] += 0.1                                          # one of three arm points off: the robot's 1/4 / 3
+    assert StageMachine(plan, cfg, parts).step(arm).distance == pytest.approx(0.1 * 0.25 / 3)
+    assert sum(keypoint_weights(cfg, parts, 5)) == pytest.approx(1.0)
+    # the stage criterion does not change with the weights
+    assert StageMachine(plan, cfg, parts).step(plan[1] + 0.01).stage_reached
+    for bad in (0, 1, 1.5, -0.2, True, "half"):
+        with pytest.raises(ValueError, match="object_share"):
+            RewardConfig(part_weighting="part", object_share=bad)
+    with pytest.raises(ValueError, match="part_weighting"):
+        RewardConfig(part_weighting="keypoint", object_share=0.75)
+    with pytest.raises(ValueError, match="object part"):
+        StageMachine(plan, cfg, [0, 0, 0, 0, 0])
+    assert "object_share" not in RewardConfig(part_weighting="part").settings(generated=False)
+    assert RewardConfig(part_weighting="part", object_share=0.75).settings(generated=False)["object_share"] == 0.75
 
 
 def test_part_weighting_without_parts_is_the_plain_mean_and_the_wrapper_warns():
