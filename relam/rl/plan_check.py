@@ -129,14 +129,14 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
     around the grasp to the keypoints of the grasp itself.
 
     The reference is the scripted expert's keypoints two steps before the task object first moves (by 5 mm): the
-    grasp, which the plan's subgoal before the object's motion asks for. The initial state is the first of task seeds
-    ``task_seed``, ``task_seed`` + 1, ... (``tries`` of them) from which the expert moves the object. Then, from the same
-    initial state for each probe, the hand is driven (delta-position actions, the gripper open) to the reference hand
-    place plus ``via_cm`` plus the probe's offset, and then for ``steps`` steps to the reference hand place plus the
-    offset (``offsets_cm``: (n, 3) cm, world frame; default: x and z in -15..10 cm by 5, y in {0, -8}; ``via_cm``
-    default: 10 cm towards the robot and 10 cm up, so the hand comes from the front and above). There the keypoints'
-    distance to the reference is measured as the reward measures it (d_k, ``StageMachine.distance``, and the largest
-    single keypoint's), in pixels. The arm is redundant, so the hand's controller reaches the grasp's place with the
+    grasp, which the plan's subgoal before the object's motion asks for. The initial state is the first of task
+    seeds ``task_seed``, ``task_seed`` + 1, ... (``tries`` of them) from which the expert moves the object. Then,
+    from the same initial state for each probe, the hand is driven (delta-position actions, the gripper open) to the
+    reference hand place plus ``via_cm`` plus the probe's offset, and then for ``steps`` steps to the reference hand
+    place plus the offset (``offsets_cm``: (n, 3) cm, world frame; default: x and z in -15..10 cm by 5, y in {0, -8};
+    ``via_cm`` default: 10 cm towards the robot and 10 cm up, so the hand comes from the front and above). There the
+    keypoints' distance to the reference is measured as the reward measures it (d_k, ``StageMachine.distance``, and
+    the largest single keypoint's), in pixels. The arm is redundant, so the hand's controller reaches the grasp's place with the
     arm a pixel or two off the expert's pose: compare places reached by the same controller (the near and far
     minima), as a policy reaches them by its own path too.
 
@@ -150,8 +150,9 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
     the way in (button-press-wall's wall) the hand stops short of the grasp's own place and the near minimum reads
     high (2.7-4.8 px): pass another ``via_cm``.
 
-    Returns ``task_seed`` (the one used), ``reference_hand`` (m), ``reference_step``, one row per probe (``offset_cm``, ``reached_cm``: where the
-    hand got, from the reference hand place; ``gap_cm``: its distance; ``d_px``, ``max_px``), and the summary:
+    Returns ``task_seed`` (the one used), ``reference_hand`` (m), ``reference_step``, one row per probe
+    (``offset_cm``, ``reached_cm``: where the hand got, from the reference hand place; ``gap_cm``: its distance;
+    ``d_px``, ``max_px``), and the summary:
     ``near_min_px`` (the smallest d_k within ``near_cm`` of the grasp), ``far_min_px`` and ``far_min_at_cm`` (the
     smallest d_k further away, and where), ``alias_ratio`` = far / near (near 1: the camera cannot tell those places
     apart). Meta-World tasks only (their actions move the hand by a position delta)."""
@@ -166,8 +167,9 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
     if task.spec.suite != "metaworld":
         raise ValueError(f"keypoint_aliases drives the hand by Meta-World's delta-position actions; {task.spec.name} "
                          f"is a {task.spec.suite} task")
-    if not near_cm > 0 or steps < 1:
-        raise ValueError(f"near_cm must be > 0 and steps >= 1, got near_cm={near_cm}, steps={steps}")
+    if not near_cm > 0 or steps < 1 or tries < 1:
+        raise ValueError(f"near_cm must be > 0, steps and tries >= 1, got near_cm={near_cm}, steps={steps}, "
+                         f"tries={tries}")
     if offsets_cm is None:
         offsets_cm = [(x, y, z) for x in range(-15, 15, 5) for z in range(-15, 15, 5) for y in (0, -8)]
     offsets = np.asarray(offsets_cm, np.float64).reshape(-1, 3) / 100.0
@@ -182,8 +184,6 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
             action[3:] = -1.0                                           # gripper open
             env.step(action)
 
-    if tries < 1:
-        raise ValueError(f"tries must be >= 1, got {tries}")
     for seed in range(task_seed, task_seed + tries):
         env.reset(options={"task_seed": seed})
         start, seen = task.object_position().copy(), []
@@ -215,7 +215,7 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
     far = [r for r in rows if r["gap_cm"] > near_cm]
     near_min = min((r["d_px"] for r in near), default=None)
     best_far = min(far, key=lambda r: r["d_px"], default=None)
-    return {"task_seed": task_seed, "reference_hand": ref_hand.tolist(), "reference_step": ref_step + 1, "probes": rows,
-            "near_min_px": near_min, "far_min_px": None if best_far is None else best_far["d_px"],
+    return {"task_seed": task_seed, "reference_hand": ref_hand.tolist(), "reference_step": ref_step + 1,
+            "probes": rows, "near_min_px": near_min, "far_min_px": None if best_far is None else best_far["d_px"],
             "far_min_at_cm": None if best_far is None else best_far["reached_cm"],
             "alias_ratio": (best_far["d_px"] / near_min if best_far is not None and near_min else None)}
