@@ -136,9 +136,9 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
     place plus the offset (``offsets_cm``: (n, 3) cm, world frame; default: x and z in -15..10 cm by 5, y in {0, -8};
     ``via_cm`` default: 10 cm towards the robot and 10 cm up, so the hand comes from the front and above). There the
     keypoints' distance to the reference is measured as the reward measures it (d_k, ``StageMachine.distance``, and
-    the largest single keypoint's), in pixels. The arm is redundant, so the hand's controller reaches the grasp's place with the
-    arm a pixel or two off the expert's pose: compare places reached by the same controller (the near and far
-    minima), as a policy reaches them by its own path too.
+    the largest single keypoint's), in pixels. The arm is redundant, so the hand's controller reaches the grasp's
+    place with the arm a pixel or two off the expert's pose: compare places reached by the same controller (the near
+    and far minima), as a policy reaches them by its own path too.
 
     Why: one camera sees the keypoints in 2-D, so hand places along its view ray look alike. Where such a place is
     reachable it is a pocket of the reward: d_k is nearly as small as at the grasp, no stage is passed, and getting out
