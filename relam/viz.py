@@ -243,8 +243,9 @@ def plot_curves_by_method(curves, tasks, cfg, title: str = ""):
 def plot_keypoint_aliases(ax, result: dict, title: str = ""):
     """A ``relam.rl.plan_check.keypoint_aliases`` result on one axes: the probes at the grasp's depth (commanded y
     offset 0), placed where the hand got (x, z in cm from the grasp), coloured by the reward distance d_k to the
-    grasp's keypoints. The grasp is the star; the smallest d_k further than the near radius is circled. A colour
-    as dark away from the star as at it means the camera cannot tell those hand places apart."""
+    grasp's keypoints (light: small). The grasp is the star; the smallest d_k further than the near radius is
+    circled. A dot away from the star as light as those beside it is a hand place the camera cannot tell from the
+    grasp."""
     rows = [r for r in result["probes"] if abs(r["offset_cm"][1]) < 1e-6]
     if not rows:
         raise ValueError("no probe at the grasp's depth (offset y = 0) to draw: pass offsets_cm with y = 0 to "
