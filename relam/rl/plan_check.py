@@ -16,6 +16,18 @@ import numpy as np
 from relam.rl.runs import VALIDATION_SEED_OFFSET
 
 
+def _task_env(env, caller: str):
+    """The ``TaskEnv`` directly inside the reward wrapper ``env``, whose scripted expert and simulator the checks
+    drive; a clear error for anything else (e.g. a lift or env-reward wrapper in between)."""
+    from relam.rl.env import TaskEnv
+
+    inner = env.env
+    if not isinstance(inner, TaskEnv):
+        raise TypeError(f"{caller} needs the reward wrapper directly around a TaskEnv (relam.rl.ppo.make_env without "
+                        f"a lift), got {type(inner).__name__}")
+    return inner
+
+
 def expert_plan_check(env, episodes: int = 10, seed_offset: int = VALIDATION_SEED_OFFSET,
                       after_success: int = 10) -> dict:
     """Play the scripted expert in ``env`` (``relam.rl.ppo.make_env``: the reward wrapper around a ``TaskEnv``)
@@ -23,12 +35,7 @@ def expert_plan_check(env, episodes: int = 10, seed_offset: int = VALIDATION_SEE
     after the first success (as the demos, whose keyframes the plans imitate) or to the step limit; the episode's
     own end on success is ignored so that later stages can still be passed. Returns the per-episode stages passed
     and plan lengths, ``stage_share`` (mean of passed / planned) and the expert's ``success_rate``."""
-    from relam.rl.env import TaskEnv
-
-    inner = env.env
-    if not isinstance(inner, TaskEnv):
-        raise TypeError(f"expert_plan_check needs the reward wrapper directly around a TaskEnv (relam.rl.ppo.make_env "
-                        f"without a lift), got {type(inner).__name__}")
+    inner = _task_env(env, "expert_plan_check")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     passed, planned, success = [], [], []
@@ -157,12 +164,7 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
     smallest d_k further away, and where), ``alias_ratio`` = far / near (near 1: the camera cannot tell those places
     apart). Meta-World tasks only (their actions move the hand by a position delta)."""
     from relam.reward import keypoint_distance
-    from relam.rl.env import TaskEnv
-
-    inner = env.env
-    if not isinstance(inner, TaskEnv):
-        raise TypeError(f"keypoint_aliases needs the reward wrapper directly around a TaskEnv (relam.rl.ppo.make_env "
-                        f"without a lift), got {type(inner).__name__}")
+    inner = _task_env(env, "keypoint_aliases")
     task = inner.task
     if task.spec.suite != "metaworld":
         raise ValueError(f"keypoint_aliases drives the hand by Meta-World's delta-position actions; {task.spec.name} "
