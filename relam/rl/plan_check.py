@@ -186,21 +186,24 @@ def keypoint_aliases(env, task_seed: int = VALIDATION_SEED_OFFSET, offsets_cm=No
             action[3:] = -1.0                                           # gripper open
             env.step(action)
 
-    for seed in range(task_seed, task_seed + tries):
+    def expert_until_the_object_moves(seed: int):
+        """(keypoints, hand) after each expert step from ``seed`` until the object has moved 5 mm; None if never."""
         env.reset(options={"task_seed": seed})
         start, seen = task.object_position().copy(), []
         for _ in range(task.spec.max_steps):
             env.step(task.expert_action(inner.last_state))
             seen.append((env.keypoints.copy(), hand()))
             if np.linalg.norm(task.object_position() - start) > 0.005:
-                break
-        else:
-            continue
-        task_seed = seed
-        break
+                return seen
+        return None
+
+    first = task_seed
+    for task_seed in range(first, first + tries):
+        if (seen := expert_until_the_object_moves(task_seed)) is not None:
+            break
     else:
-        raise RuntimeError(f"the expert never moved {task.spec.name}'s object from task seeds {task_seed}.."
-                           f"{task_seed + tries - 1}: pass another task_seed or more tries")
+        raise RuntimeError(f"the expert never moved {task.spec.name}'s object from task seeds {first}.."
+                           f"{first + tries - 1}: pass another task_seed or more tries")
     ref_step = max(len(seen) - 3, 0)
     ref_points, ref_hand = seen[ref_step]
     rows = []
