@@ -253,15 +253,14 @@ def keypoint_weights(cfg: RewardConfig, parts, num_keypoints: int) -> list[float
     if cfg.part_weighting in ("keypoint", "max") or parts is None:
         return None
     parts = part_labels(parts, num_keypoints)
-    labels, counts = np.unique(parts, return_counts=True)
+    each = {int(l): int(c) for l, c in zip(*np.unique(parts, return_counts=True))}   # part -> its keypoint count
     if cfg.object_share is None:
-        share = {int(l): 1.0 / (len(labels) * c) for l, c in zip(labels, counts)}
+        share = {l: 1.0 / (len(each) * c) for l, c in each.items()}
     else:
-        objects = [int(l) for l in labels if l != 0]
-        if 0 not in labels or not objects:
+        objects = [l for l in each if l != 0]
+        if 0 not in each or not objects:
             raise ValueError(f"reward.object_share needs a robot part (0) and an object part among the keypoints' "
-                             f"parts, got parts {sorted(int(l) for l in labels)}; set reward.object_share: null")
-        each = {int(l): int(c) for l, c in zip(labels, counts)}
+                             f"parts, got parts {sorted(each)}; set reward.object_share: null")
         share = {l: cfg.object_share / (len(objects) * each[l]) for l in objects}
         share[0] = (1.0 - cfg.object_share) / each[0]
     return [share[int(p)] for p in parts]
