@@ -411,6 +411,24 @@ def test_options_at_their_off_value_leave_config_json_as_before_they_existed(tmp
     assert json.loads((run / "config.json").read_text())["model"]["readout"] is True
 
 
+def test_switching_the_multitask_run_on_does_not_retrain_a_per_task_model(tmp_path):
+    """``per_task`` / ``multitask`` choose which runs a profile trains; a finished model is the same model either
+    way, and its config.json (the fingerprint its RL runs hold) keeps its bytes. Other changes still retrain."""
+    cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=2, eval_every=2,
+                             checkpoint_every=2, warmup_steps=1, multitask=False)
+    ds = {"toy": _write_subgoal_ds(tmp_path)}
+    run = tmp_path / "run"
+    train(run, ds, cfg, 32, progress=False)
+    before = (run / "config.json").read_bytes()
+    cfg.multitask, cfg.per_task = True, False
+    assert train(run, ds, cfg, 32, progress=False)["skipped"]
+    assert (run / "config.json").read_bytes() == before
+    cfg.lr = 5e-4
+    assert "skipped" not in train(run, ds, cfg, 32, progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["lr"] == 5e-4 and saved["multitask"] is True
+
+
 def test_an_interrupted_retrain_is_not_skipped_with_the_old_metrics(tmp_path, monkeypatch):
     import relam.models.train_anticipation as ta
     cfg = AnticipationConfig(model=AnticipationModelConfig(**TINY), batch_size=2, train_steps=2, eval_every=2,

@@ -378,6 +378,19 @@ def run_config_json(cfg: AnticipationConfig, data: dict) -> str:
     return json.dumps(without_options_off({**asdict(cfg), "data": data}, OPTIONS_ADDED_OFF), indent=2)
 
 
+# Profile switches that choose WHICH runs ``train_profile`` trains, not how one trains: a run's config.json records
+# them, but a model trained with the multi-task run on or off is the same model, so they must not retrain it.
+RUN_SELECTION_KEYS = ("per_task", "multitask")
+
+
+def same_run_config(saved_json: str, cfg_json: str) -> bool:
+    """Whether a finished or checkpointed run's config.json text describes the run ``cfg_json`` asks for."""
+    if saved_json == cfg_json:
+        return True
+    drop = lambda text: {k: v for k, v in json.loads(text).items() if k not in RUN_SELECTION_KEYS}   # noqa: E731
+    return drop(saved_json) == drop(cfg_json)
+
+
 def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: int, progress: bool = True,
           threads: int = 1) -> dict:
     """Train (or resume, or skip if finished) one anticipation model on ``datasets`` ({task: SubgoalDataset})."""
@@ -390,7 +403,8 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
     cfg_json = run_config_json(cfg, data)
     metrics_path, ckpt_path, log_path = run_dir / "metrics.json", run_dir / "checkpoint.pt", run_dir / "log.csv"
     if metrics_path.exists() and (run_dir / "config.json").exists() \
-            and (run_dir / "config.json").read_text() == cfg_json:
+            and same_run_config((run_dir / "config.json").read_text(), cfg_json):
+        # config.json stays as it is: its bytes are the fingerprint the RL runs planned with this model hold
         return json.loads(metrics_path.read_text()) | {"skipped": True}
     for ds in datasets.values():
         check_num_keypoints(cfg.model.num_keypoints, ds.num_keypoints)
@@ -406,7 +420,7 @@ def train(run_dir: Path, datasets: dict, cfg: AnticipationConfig, image_size: in
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # rebuilt through the dataclasses so that options the checkpoint predates take their defaults
         saved = AnticipationConfig(**{**ckpt["config"], "model": AnticipationModelConfig(**ckpt["config"]["model"])})
-        if run_config_json(saved, ckpt.get("data")) == cfg_json:
+        if same_run_config(run_config_json(saved, ckpt.get("data")), cfg_json):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
