@@ -191,8 +191,10 @@ def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] 
 
 
 def format_cell(row, latex: bool = False, reeval: bool = False) -> str:
-    """'mean [lo, hi]' with the seed count; incomplete cells are marked (n/expected seeds, missing listed).
-    ``reeval``: of the re-evaluation on more states (``table4``'s ``reeval_*``) instead."""
+    """'mean [lo, hi]'; incomplete cells are marked (n/expected seeds, missing listed), and a cell averaged over
+    MORE seeds than the profile asks (a results tree that also holds extra seeds' runs) says over how many, so it
+    is not read beside its 3-seed neighbours as one of them. ``reeval``: of the re-evaluation on more states
+    (``table4``'s ``reeval_*``) instead."""
     if row["n_seeds"] == 0:
         return "—" if not latex else "--"
     mean, lo, hi = (row[k] for k in (("reeval_mean", "reeval_ci_low", "reeval_ci_high") if reeval else
@@ -206,6 +208,8 @@ def format_cell(row, latex: bool = False, reeval: bool = False) -> str:
             seeds += f"; stale: {','.join(map(str, row['stale_seeds']))}"
         return pm + (f" ⚠ {row['n_seeds']}/{row['n_expected']} seeds (missing {seeds})" if not latex else
                      f"$^\\dagger$ {row['n_seeds']}/{row['n_expected']}")
+    if row["n_seeds"] > row["n_expected"]:
+        return pm + f" ({row['n_seeds']} seeds)"
     return pm
 
 
