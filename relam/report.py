@@ -312,6 +312,8 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
                      f"{offline}: the final one; simulator flag), mean over seeds [95 % bootstrap CI]. "
                      "⚠ = seeds missing (unfinished, absent, or stale: run under other settings): averaged over the "
                      "finished seeds only and flagged. paper = Table 4 of the paper (its ManiSkill rows are IQL's).",
+                     *(["(n seeds) = a cell over more seeds than the profile asks: every finished, current run in "
+                        "the results tree counts."] if (long["n_seeds"] > long["n_expected"]).any() else []),
                      *departures])
     md = f"{note}\n\n" + _markdown(wide) + "\n"
     re_wide, re_note = reeval_wide(long, learner=learner), ""

@@ -52,6 +52,7 @@ def test_table4_means_and_missing_seeds_are_flagged_not_hidden(tmp_path):
     assert "50.0 [" in md and "2/3 seeds (missing 2)" in md and "1/3 seeds (missing 1,2)" in md
     assert "100.0" in md and "89.3" in md                     # paper numbers alongside
     assert "Door Open (MW, PPO) | — |" in md                   # no runs: a dash, not a number
+    assert "(n seeds)" not in md                               # no cell over extra seeds, no word about them
     csv = pd.read_csv(paths["csv"])
     assert csv.loc[(csv.task == "drawer-open") & (csv.method == "relam"), "success_mean"].item() == 50.0
     assert not csv.loc[csv.method == "relam-gt", "complete"].item()
@@ -69,7 +70,8 @@ def test_a_cell_over_more_seeds_than_the_profile_asks_says_how_many(tmp_path):
     assert long.loc["door-open", "success_mean"] == 70.0     # every finished seed counts, not only 0-2
     md = write_table4(tmp_path, expected_seeds=[0, 1, 2])["md"].read_text()
     assert "70.0 [" in md and "(5 seeds)" in md
-    assert md.count("seeds)") == 1                           # the 3-seed cell carries no count
+    assert md.count("(5 seeds)") == 1                        # the 3-seed cell carries no count
+    assert "(n seeds) = a cell over more seeds" in md        # and the caption says what the count means
     assert "(5 seeds)" in (tmp_path / "table4.tex").read_text()
 
 
