@@ -160,7 +160,7 @@ def table4(runs: pd.DataFrame, expected_seeds: dict[str, list[int]] | list[int] 
     re-evaluation on more states (``find_runs``; NaN unless every finished seed has one on the same number)."""
     rows = []
     for (task, method), g in runs[runs["task"].isin(tasks)].groupby(["task", "method"], sort=False):
-        done = g[g["finished"]]
+        done = g[g["finished"]].sort_values("seed")   # run dirs list seed10 before seed2; per_seed follows seeds
         want = expected_seeds.get(task) if isinstance(expected_seeds, dict) else expected_seeds
         want = sorted(set(want)) if want is not None else sorted(g["seed"])
         missing = sorted(set(want) - set(done["seed"]))

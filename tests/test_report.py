@@ -61,13 +61,16 @@ def test_table4_means_and_missing_seeds_are_flagged_not_hidden(tmp_path):
 
 
 def test_a_cell_over_more_seeds_than_the_profile_asks_says_how_many(tmp_path):
-    for s, v in enumerate([1.0, 1.0, 1.0, 0.0, 0.5]):       # the profile asks 0-2; seeds 3-4 were run too
+    for s, v in zip([0, 1, 2, 3, 10], [1.0, 1.0, 1.0, 0.0, 0.5]):   # the profile asks 0-2; 3 and 10 ran too
         _run(tmp_path, "door-open", "relam", s, v)
     for s in range(3):
         _run(tmp_path, "drawer-open", "relam", s, 1.0)
     long = table4(find_runs(tmp_path), expected_seeds=[0, 1, 2]).set_index("task")
     assert long.loc["door-open", "complete"] and long.loc["door-open", "n_seeds"] == 5
     assert long.loc["door-open", "success_mean"] == 70.0     # every finished seed counts, not only 0-2
+    # per-seed values line up with the seeds, although seed10's directory sorts before seed2's
+    assert long.loc["door-open", "seeds"] == [0, 1, 2, 3, 10]
+    assert long.loc["door-open", "per_seed"] == [100.0, 100.0, 100.0, 0.0, 50.0]
     md = write_table4(tmp_path, expected_seeds=[0, 1, 2])["md"].read_text()
     assert "70.0 [" in md and "(5 seeds)" in md
     assert md.count("(5 seeds)") == 1                        # the 3-seed cell carries no count
