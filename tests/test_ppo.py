@@ -31,7 +31,8 @@ class CountingEnv(gym.Env):
                 {"subgoal_reached": self.t == 2})
 
 
-def test_gae_cut_matches_hand_computation_and_does_not_reset_the_env():
+def test_gae_cut_matches_hand_computation_and_does_not_reset_the_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path))   # SB3's default logger would leave a /tmp/SB3-<date> dir per run
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
     from relam.rl.hrl import GAECutVecEnv
