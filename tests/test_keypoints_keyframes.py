@@ -4,8 +4,8 @@ import pytest
 
 from relam.perception.base import PerceptionError
 from relam.perception.keyframes import select_keyframes
-from relam.perception.keypoints import (KeypointConfig, farthest_point_sampling, quotas, select_keypoints,
-                                        window_filter)
+from relam.perception.keypoints import (KeypointConfig, farthest_point_sampling, nearest_to_reference, quotas,
+                                        reference_selection, select_keypoints, window_filter)
 
 
 def _min_pairwise(p):
@@ -114,6 +114,48 @@ def test_most_moving_spread_takes_the_fastest_points_at_least_min_dist_apart():
     assert most_moving_spread(pts, motion, 3, min_dist=0.5).tolist() == [0, 4, 1]
     # not enough points that far apart: the rest come from farthest point sampling
     assert most_moving_spread(pts, motion, 3, min_dist=15.0).tolist() == [0, 3, 2]
+
+
+def _pivot_tracker(pivot, T=30):
+    """Every pixel moves along +x by an amount that grows with its distance to ``pivot``: the most-moving pixel,
+    where FPS starts, is the one farthest from it."""
+    def tracker(video, q):
+        reach = np.linalg.norm(q - np.asarray(pivot, float), axis=1)
+        disp = np.zeros((T, len(q), 2))
+        disp[..., 0] = np.linspace(0, 1, T)[:, None] * reach[None]
+        return q[None] + disp, np.ones((T, len(q)), bool)
+    return tracker
+
+
+def test_robot_reference_makes_a_demo_that_breaks_the_fps_tie_otherwise_choose_the_same_arm_points():
+    """Two demos with the same first frame whose arms move differently: FPS starts at each one's most-moving pixel,
+    so they choose different arm points. With the first demo's points as the reference the second chooses them too,
+    in the same order; the object's keypoint still follows its own rule."""
+    video, masks, _ = _synthetic_scene()
+    cfg = KeypointConfig(num_keypoints=4, window=3)
+    a = select_keypoints(video, masks, _pivot_tracker((8.0, 10.0)), cfg)
+    b = select_keypoints(video, masks, _pivot_tracker((34.0, 30.0)), cfg)
+    assert np.abs(a.points[:3] - b.points[:3]).max() > 10          # the tie broken differently
+    b_ref = select_keypoints(video, masks, _pivot_tracker((34.0, 30.0)), cfg, reference=a.points[:3])
+    np.testing.assert_allclose(b_ref.points[:3], a.points[:3])
+    np.testing.assert_allclose(b_ref.points[3], b.points[3])
+    np.testing.assert_allclose(b_ref.tracks[0], b_ref.points)     # tracks follow the chosen points
+    with pytest.raises(PerceptionError, match="robot reference holds 2 points but the robot's quota is 3"):
+        select_keypoints(video, masks, _pivot_tracker((8.0, 10.0)), cfg, reference=a.points[:2])
+
+
+def test_reference_selection_is_the_demos_majority_and_matching_takes_each_candidate_once():
+    common = np.array([[0, 0], [10, 0], [0, 10]], float)
+    odd = common[[2, 0, 1]] + 3.0
+    demos = np.stack([common, common + 0.5, odd, common, common - 0.5])
+    np.testing.assert_allclose(reference_selection(demos), common)
+    with pytest.raises(ValueError, match="demos, points, 2"):
+        reference_selection(common)
+    cands = np.array([[0, 1], [9, 0], [30, 30], [1, 1]], float)
+    # both reference points lie nearest candidate 0; the second takes the next nearest free one
+    assert nearest_to_reference(cands, np.array([[0, 0], [0, 0.5], [10, 0]])).tolist() == [0, 3, 1]
+    with pytest.raises(ValueError, match="cannot match 5 reference points with 4 candidates"):
+        nearest_to_reference(cands, np.zeros((5, 2)))
 
 
 def test_near_object_selection_puts_robot_keypoints_next_to_the_object_in_every_demo():

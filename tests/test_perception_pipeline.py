@@ -120,3 +120,44 @@ def test_subgoal_dataset_uses_the_tasks_own_keypoint_count(tmp_path):
                                 "demos": {"n_demos": 2}})
     assert not subgoals.build_subgoal_dataset(cfg, "button-press-wall", progress=False)["skipped"]
     assert subgoals.SubgoalDataset.load(subgoals.subgoal_path(cfg.out, "button-press-wall")).num_keypoints == 4
+
+
+def test_robot_reference_gives_every_demo_and_the_experts_plans_the_same_arm_points(tmp_path):
+    """``keypoints.robot_reference``: every demo's robot keypoints are those nearest one reference selection, stored
+    with the dataset; Meta-World's arm starts in one pose, so their x^0 agree exactly, and ``relam-gt``'s expert
+    planner chooses them too. A dataset built without it is refused where a config asks for it."""
+    from relam.rl.ppo import make_planner
+
+    task = "door-open"
+    over = {"results_dir": str(tmp_path), "env": {"tasks": [task]}, "demos": {"n_demos": 4}}
+    def keypoints(on):   # the profile's K with the option on or off (a task override is replaced whole)
+        return {"perception": {"task_overrides": {task: {"keypoints": {"num_keypoints": 8, "robot_reference": on}}}}}
+
+    plain = load_config("smoke", {**over, **keypoints(False)})
+    collect_demos(plain, task, progress=False)
+    subgoals.build_subgoal_dataset(plain, task, progress=False)
+    with pytest.raises(PerceptionError, match="built without perception.keypoints.robot_reference"):
+        subgoals.robot_reference_of(subgoals.subgoal_path(plain.out, task))
+    cfg = load_config("smoke", {**over, **keypoints(True)})
+    summary = subgoals.build_subgoal_dataset(cfg, task, progress=False)
+    assert not summary["skipped"] and 0 <= summary["robot_reference_changed"] <= 4
+    data = subgoals.SubgoalDataset.load(subgoals.subgoal_path(cfg.out, task))
+    n_robot = int((data.keypoint_prompt == 0).sum())
+    assert data.robot_reference.shape == (n_robot, 2)
+    for sg in data.subgoals:
+        np.testing.assert_allclose(sg[0, :n_robot] * 128, data.robot_reference, atol=1e-4)
+    planner = make_planner(task, "relam-gt", cfg)
+    try:
+        plan = planner(None, {"task_seed": int(data.seeds[0])})
+        np.testing.assert_allclose(plan[0, :n_robot] * 128, data.robot_reference, atol=1e-4)
+    finally:
+        planner.close()
+    # unseen demos take their training demos' reference: a given one is used (and recorded) instead of the medoid
+    shifted = data.robot_reference + 6.0
+    assert not subgoals.build_subgoal_dataset(cfg, task, progress=False, robot_reference=shifted)["skipped"]
+    moved = subgoals.SubgoalDataset.load(subgoals.subgoal_path(cfg.out, task))
+    np.testing.assert_allclose(moved.robot_reference, shifted)
+    x0 = np.stack([sg[0, :n_robot] for sg in moved.subgoals]) * 128
+    assert np.abs(x0 - x0[:1]).max() < 1e-3 and np.abs(x0[0] - data.robot_reference).max() > 1
+    with pytest.raises(ValueError, match="robot_reference is off"):
+        subgoals.build_subgoal_dataset(plain, task, progress=False, robot_reference=shifted)

@@ -39,9 +39,14 @@ def collect_unseen(cfg, task: str, progress: bool = True):
     from relam.data.demos import collect_demos
     from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, subgoal_path
 
+    from relam.perception.subgoals import robot_reference_of
+
     ucfg = unseen_config(cfg)
     collect_demos(ucfg, task, progress)
-    build_subgoal_dataset(ucfg, task, progress)
+    # the arm points the model learnt are the training demos' (keypoints.robot_reference), not a medoid of these
+    ref = robot_reference_of(subgoal_path(cfg.out, task)) \
+        if cfg.perception.for_task(task).keypoints.robot_reference else None
+    build_subgoal_dataset(ucfg, task, progress, robot_reference=ref)
     return SubgoalDataset.load(subgoal_path(ucfg.out, task), task)
 
 

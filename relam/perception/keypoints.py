@@ -53,6 +53,16 @@ class KeypointConfig:
     the cube: it moves ~3 px), keep that prompt's keypoints from all its candidates (FPS from the most-moving
     one) with a warning, instead of failing; the keypoint order stays consistent. False: raise."""
 
+    robot_reference: bool = False
+    """Ours (off: the paper's per-demo selection). Choose the robot's keypoints in every demo of a task as the moving
+    candidates nearest to ONE reference selection: the medoid of the demos' own selections (``reference_selection``,
+    stored with the subgoal dataset and used by ``relam-gt``'s expert plans too). Why: where the robot starts in the
+    same pose in every demo (Meta-World), the FPS start, the most-moving candidate, is near-tied between arm pixels,
+    and a demo that breaks the tie differently gets a different set of arm points in a different order. On the 100
+    `cpu` door-open demos (K = 8) 7 did: their six arm keypoints lay 38-74 px from the other 93 demos' (which agree
+    to 0 px), so keypoint i was not the same arm point in every demo, and the anticipation model, trained with MSE,
+    learnt an average of the two. The robot's points only: the objects' start where the task places them."""
+
     def __post_init__(self):
         if self.selection not in ("fps", "motion", "near-object"):
             raise ValueError(f"unknown keypoint selection {self.selection!r}; choose 'fps', 'motion' or "
@@ -122,6 +132,31 @@ def nearest_to_objects(candidates: np.ndarray, object_masks, k: int, min_dist: f
     return most_moving_spread(candidates, near, k, min_dist)
 
 
+def nearest_to_reference(candidates: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Indices of the ``candidates`` (N, 2) nearest to each ``reference`` point (Q, 2) in turn, each candidate taken
+    once: the reference's points, in its order, wherever this demo has them (``robot_reference``)."""
+    candidates, reference = np.asarray(candidates, np.float64), np.asarray(reference, np.float64)
+    if len(reference) > len(candidates):
+        raise ValueError(f"cannot match {len(reference)} reference points with {len(candidates)} candidates")
+    dist = np.linalg.norm(candidates[:, None] - reference[None], axis=-1)
+    chosen: list[int] = []
+    for q in range(len(reference)):
+        d = dist[:, q].copy()
+        d[chosen] = np.inf
+        chosen.append(int(np.argmin(d)))
+    return np.asarray(chosen)
+
+
+def reference_selection(points: np.ndarray) -> np.ndarray:
+    """The medoid (Q, 2) of per-demo selections ``points`` (N, Q, 2): the demo's points with the least mean
+    distance to the other demos' same-index points. With most demos in agreement this is their selection."""
+    points = np.asarray(points, np.float64)
+    if points.ndim != 3 or not len(points):
+        raise ValueError(f"reference_selection needs (demos, points, 2) coordinates, got shape {points.shape}")
+    cost = np.linalg.norm(points[:, None] - points[None], axis=-1).mean(-1).sum(1)
+    return points[int(np.argmin(cost))]
+
+
 def reselect_first_frame(masks: list, cfg: KeypointConfig) -> np.ndarray:
     """(K, 2) pixel keypoints that ``select_keypoints`` would choose from the first frame's masks (one per prompt,
     robot first) alone, NaN for those it cannot: the robot's under 'near-object' need no motion (only candidates
@@ -155,9 +190,11 @@ def candidate_pixels(mask: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfig = KeypointConfig(),
-                     task: str = "?") -> Keypoints:
+                     task: str = "?", reference: np.ndarray | None = None) -> Keypoints:
     """Choose K keypoints on frame 0 of ``video`` from the prompt masks (dict ordered robot first) and
-    return them with their tracks. Raises PerceptionError on empty masks, too few candidates or NaN tracks."""
+    return them with their tracks. ``reference`` (the robot's quota x 2 px; ``robot_reference``): the robot's
+    keypoints are the moving candidates nearest to it instead of ``cfg.selection``'s. Raises PerceptionError on
+    empty masks, too few candidates or NaN tracks."""
     prompts = list(masks)
     size = video.shape[1]
     per_prompt = []
@@ -207,7 +244,12 @@ def select_keypoints(video: np.ndarray, masks: dict, tracker, cfg: KeypointConfi
             moving = idx
         if q == 0:
             continue
-        if cfg.selection == "motion":
+        if reference is not None and i == 0:
+            if len(reference) != q:
+                raise PerceptionError(f"task {task!r}: the robot reference holds {len(reference)} points but the "
+                                      f"robot's quota is {q}; rebuild the subgoal dataset (notebooks/03)")
+            pick = moving[nearest_to_reference(all_q[moving], reference)]
+        elif cfg.selection == "motion":
             pick = moving[most_moving_spread(all_q[moving], rng[moving], q, cfg.min_separation * size)]
         elif cfg.selection == "near-object" and i == 0 and len(prompts) > 1:
             pick = moving[nearest_to_objects(all_q[moving], [masks[o] for o in prompts[1:]], q,

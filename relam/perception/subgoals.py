@@ -17,7 +17,8 @@ from relam.data.store import EpisodeSet, open_h5, read_attrs
 from relam.io import atomic_path
 from relam.perception.base import PerceptionError
 from relam.perception.keyframes import KeyframeConfig, select_keyframes
-from relam.perception.keypoints import KeypointConfig, Keypoints, select_keypoints
+from relam.perception.keypoints import (KeypointConfig, Keypoints, quotas, reference_selection,
+                                        select_keypoints)
 
 
 @dataclass
@@ -32,8 +33,9 @@ class DemoSubgoals:
 
 
 def extract_demo(video: np.ndarray, masks: dict, tracker, suite: str, kp: KeypointConfig = KeypointConfig(),
-                 kf: KeyframeConfig = KeyframeConfig(), task: str = "?") -> DemoSubgoals:
-    keypoints = select_keypoints(video, masks, tracker, kp, task=task)
+                 kf: KeyframeConfig = KeyframeConfig(), task: str = "?",
+                 reference: np.ndarray | None = None) -> DemoSubgoals:
+    keypoints = select_keypoints(video, masks, tracker, kp, task=task, reference=reference)
     dmin, dmax = kf.gaps(suite)
     keys = select_keyframes(keypoints.tracks, dmin, dmax, kf.step, kf.motion_floor)
     size = video.shape[1]
@@ -53,20 +55,23 @@ def demo_backends(pc, ds: EpisodeSet, i: int, prompts):
     return segmenter, tracker
 
 
-def extract_from_demo_set(pc, ds: EpisodeSet, i: int, spec) -> DemoSubgoals:
-    """Keypoints, tracks and keyframes of demo ``i`` of a demo file, with the backends of ``pc``."""
+def extract_from_demo_set(pc, ds: EpisodeSet, i: int, spec, reference: np.ndarray | None = None) -> DemoSubgoals:
+    """Keypoints, tracks and keyframes of demo ``i`` of a demo file, with the backends of ``pc`` (``reference``:
+    ``select_keypoints``')."""
     video = ds[i].frames
     segmenter, tracker = demo_backends(pc, ds, i, spec.prompts)
     masks = segmenter(video[0], list(spec.prompts))
-    return extract_demo(video, masks, tracker, spec.suite, pc.keypoints, pc.keyframes, spec.name)
+    return extract_demo(video, masks, tracker, spec.suite, pc.keypoints, pc.keyframes, spec.name, reference)
 
 
 def subgoal_path(out: Path, task: str) -> Path:
     return Path(out) / "subgoals" / f"{task}.h5"
 
 
-def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
-    """Extract keypoints/keyframes from every demo of ``task`` with the configured backends; skip if done."""
+def build_subgoal_dataset(cfg, task: str, progress: bool = True, robot_reference: np.ndarray | None = None) -> dict:
+    """Extract keypoints/keyframes from every demo of ``task`` with the configured backends; skip if done.
+    ``robot_reference`` (with ``keypoints.robot_reference``): the robot's reference points to use instead of the
+    medoid of these demos' own selections, e.g. the training demos' for unseen ones."""
     from relam.data.demos import demo_path
     from relam.envs import task_spec
 
@@ -75,6 +80,11 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
     settings = json.loads(json.dumps({"task": task, "segmenter": pc.segmenter, "tracker": pc.tracker,
                                       "keypoints": asdict(pc.keypoints), "keyframes": asdict(pc.keyframes),
                                       "n_demos": cfg.demos.for_task(task).n_demos}))
+    if robot_reference is not None:
+        if not pc.keypoints.robot_reference:
+            raise ValueError(f"a robot reference was given for {task!r}, whose perception.keypoints.robot_reference "
+                             "is off; switch it on or pass none")
+        settings["robot_reference"] = np.round(np.asarray(robot_reference, float), 3).tolist()
     done = read_attrs(path)  # None if missing, incomplete or corrupt: rebuilt atomically below
     if done is not None and done.get("settings") == settings:
         return {"task": task, "path": str(path), "skipped": True, **done["summary"]}
@@ -86,10 +96,22 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
         for i in tqdm(range(len(ds)), desc=f"subgoals {task}", disable=not progress, unit="demo"):
             results.append(extract_from_demo_set(pc, ds, i, spec))
             seeds.append(ds[i].seed)
+        reference, moved = None, 0
+        if pc.keypoints.robot_reference:   # a second pass: every demo's robot points nearest to one selection
+            n_robot = quotas(spec.prompts, pc.keypoints.num_keypoints, pc.keypoints.object_share)[0]
+            reference = np.asarray(robot_reference, float) if robot_reference is not None else \
+                reference_selection(np.stack([r.keypoints.points[:n_robot] for r in results]))
+            for i in tqdm(range(len(ds)), desc=f"subgoals {task} (robot reference)", disable=not progress,
+                          unit="demo"):
+                before = results[i].keypoints.points[:n_robot]
+                results[i] = extract_from_demo_set(pc, ds, i, spec, reference)
+                moved += int(not np.allclose(before, results[i].keypoints.points[:n_robot]))
         first_frames = np.stack([ds.first_frame(i) for i in range(len(ds))])
     n_sub = np.array([r.num_subgoals for r in results])
     summary = {"demos": len(results), "subgoals_mean": float(n_sub.mean()), "subgoals_min": int(n_sub.min()),
                "subgoals_max": int(n_sub.max()), "seconds": round(time.perf_counter() - t0, 2)}
+    if reference is not None:   # how many demos the reference changed (the others chose it themselves)
+        summary["robot_reference_changed"] = moved
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["settings"] = json.dumps(settings)
         f.attrs["summary"] = json.dumps(summary)
@@ -99,6 +121,8 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
         f.create_dataset("task_frame", data=task_frame)
         f.create_dataset("first_frames", data=first_frames, compression="gzip", compression_opts=1)
         f.create_dataset("keypoint_prompt", data=results[0].keypoints.prompt_index)
+        if reference is not None:
+            f.create_dataset("robot_reference", data=reference)
         for i, r in enumerate(results):
             g = f.create_group(f"demo_{i:05d}")
             g.attrs["seed"] = seeds[i]
@@ -107,6 +131,16 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True) -> dict:
             g.create_dataset("tracks", data=(r.keypoints.tracks / cfg.env.image_size).astype(np.float32))
         f.attrs["complete"] = True
     return {"task": task, "path": str(path), "skipped": False, **summary}
+
+
+def robot_reference_of(path: Path | str) -> np.ndarray:
+    """The robot's reference points (Q, 2) px of a subgoal dataset built with ``keypoints.robot_reference``."""
+    hint = "rerun notebooks/03_keyframes.ipynb (or ./run_all.sh)"
+    with open_h5(path, hint) as f:
+        if "robot_reference" not in f:
+            raise PerceptionError(f"{path} was built without perception.keypoints.robot_reference, which this "
+                                  f"config sets; {hint} to rebuild it")
+        return f["robot_reference"][()]
 
 
 @dataclass
@@ -124,6 +158,7 @@ class SubgoalDataset:
     settings: dict | None = None      # how the file was made (segmenter, tracker, keypoint/keyframe configs)
     keypoint_prompt: np.ndarray | None = None   # (K,) index into prompts of each keypoint (0 = robot)
     goals: np.ndarray | None = None   # (N, GOAL_DIM) each demo's task goal, attached for anticipation.model.goal_input
+    robot_reference: np.ndarray | None = None   # (Q, 2) px: the robot's reference points (keypoints.robot_reference)
 
     @classmethod
     def load(cls, path: Path | str, task: str | None = None) -> "SubgoalDataset":
@@ -139,7 +174,8 @@ class SubgoalDataset:
                 tracks=[f[n]["tracks"][()] for n in names], seeds=np.array([f[n].attrs["seed"] for n in names]),
                 prompts=json.loads(f.attrs["prompts"]), num_keypoints=int(f.attrs["num_keypoints"]),
                 settings=json.loads(f.attrs["settings"]) if "settings" in f.attrs else None,
-                keypoint_prompt=f["keypoint_prompt"][()] if "keypoint_prompt" in f else None)
+                keypoint_prompt=f["keypoint_prompt"][()] if "keypoint_prompt" in f else None,
+                robot_reference=f["robot_reference"][()] if "robot_reference" in f else None)
 
 
 def x0_predictability(x0: np.ndarray, predictors: np.ndarray, image_size: int) -> np.ndarray:

@@ -80,9 +80,13 @@ class ModelPlanner:
 
 class ExpertPlanner:
     def __init__(self, task: str, image_size: int = 128, keypoints: KeypointConfig = KeypointConfig(),
-                 keyframes: KeyframeConfig = KeyframeConfig(), extra_after_success: int = 10):
+                 keyframes: KeyframeConfig = KeyframeConfig(), extra_after_success: int = 10,
+                 robot_reference: np.ndarray | None = None):
+        """``robot_reference``: the demos' robot reference points (``KeypointConfig.robot_reference``), so that the
+        expert's plans choose the same arm points as the demos did."""
         self.task = make_task(task, image_size=image_size)
         self.kp, self.kf, self.extra = keypoints, keyframes, extra_after_success
+        self.robot_reference = robot_reference
         self.num_keypoints = keypoints.num_keypoints
         self.generated = False
 
@@ -102,7 +106,7 @@ class ExpertPlanner:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fallbacks warn per demo; RL would print thousands
             demo = extract_demo(video, masks, SimTracker.from_groundtruth(gt), self.task.spec.suite, self.kp,
-                                self.kf, self.task.spec.name)
+                                self.kf, self.task.spec.name, self.robot_reference)
         return demo.subgoals
 
     def close(self):

@@ -262,8 +262,12 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
                                       reselect=kp if pc.x0_anchor == "reselect" else None)
         return CachedPlanner(planner)
     if method == "relam-gt":
+        reference = None
+        if pc.keypoints.robot_reference:   # the arm points the demos chose (stage 03)
+            from relam.perception.subgoals import robot_reference_of, subgoal_path
+            reference = robot_reference_of(subgoal_path(cfg.out, task))
         return CachedPlanner(ExpertPlanner(task, cfg.env.image_size, pc.keypoints, pc.keyframes,
-                                           cfg.demos.for_task(task).extra_frames_after_success))
+                                           cfg.demos.for_task(task).extra_frames_after_success, reference))
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
