@@ -129,7 +129,7 @@ def test_robot_reference_gives_every_demo_and_the_experts_plans_the_same_arm_poi
     from relam.rl.ppo import make_planner
 
     task = "door-open"
-    over = {"results_dir": str(tmp_path), "env": {"tasks": [task]}, "demos": {"n_demos": 4}}
+    over = {"results_dir": str(tmp_path), "env": {"tasks": [task]}, "demos": {"n_demos": 4, "unseen": 1}}
     def keypoints(on):   # the profile's K with the option on or off (a task override is replaced whole)
         return {"perception": {"task_overrides": {task: {"keypoints": {"num_keypoints": 8, "robot_reference": on}}}}}
 
@@ -152,7 +152,12 @@ def test_robot_reference_gives_every_demo_and_the_experts_plans_the_same_arm_poi
         np.testing.assert_allclose(plan[0, :n_robot] * 128, data.robot_reference, atol=1e-4)
     finally:
         planner.close()
-    # unseen demos take their training demos' reference: a given one is used (and recorded) instead of the medoid
+    # notebook 04's unseen demos are extracted with the training demos' reference, not their own medoid
+    from relam.models.unseen_demos import collect_unseen
+    unseen = collect_unseen(cfg, task, progress=False)
+    np.testing.assert_allclose(unseen.robot_reference, data.robot_reference)
+    assert unseen.settings["robot_reference"] == np.round(data.robot_reference, 3).tolist()
+    # a given reference is used (and recorded) instead of the medoid
     shifted = data.robot_reference + 6.0
     assert not subgoals.build_subgoal_dataset(cfg, task, progress=False, robot_reference=shifted)["skipped"]
     moved = subgoals.SubgoalDataset.load(subgoals.subgoal_path(cfg.out, task))

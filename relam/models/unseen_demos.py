@@ -37,9 +37,7 @@ def unseen_config(cfg):
 def collect_unseen(cfg, task: str, progress: bool = True):
     """Collect (or reuse) ``task``'s unseen demos and their subgoal data; returns its ``SubgoalDataset``."""
     from relam.data.demos import collect_demos
-    from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, subgoal_path
-
-    from relam.perception.subgoals import robot_reference_of
+    from relam.perception.subgoals import SubgoalDataset, build_subgoal_dataset, robot_reference_of, subgoal_path
 
     ucfg = unseen_config(cfg)
     collect_demos(ucfg, task, progress)
