@@ -62,8 +62,9 @@ class KeypointConfig:
     `cpu` door-open demos (K = 8) 7 did: their six arm keypoints lay 38-74 px from the other 93 demos' (which agree
     to 0 px), so keypoint i was not the same arm point in every demo, and the anticipation model, trained with MSE,
     learnt an average of the two: held-out x^0 / plan 6.59 / 8.48 px, 1.88 / 4.68 with the reference (50 unseen demos
-    6.46 / 8.98 -> 1.77 / 5.34); door-open ``relam`` PPO (300k, 10 seeds) 87.0 -> 83.0 %, within the spread (README, stage 05). The
-    robot's points only: the objects' start where the task places them. On for door-open in ``cpu`` and ``smoke``."""
+    6.46 / 8.98 -> 1.77 / 5.34); door-open ``relam`` PPO (300k, 10 seeds) 87.0 -> 83.0 %, within the spread (README,
+    stage 05). The robot's points only: the objects' start where the task places them. On for door-open in ``cpu`` and
+    ``smoke``."""
 
     def __post_init__(self):
         if self.selection not in ("fps", "motion", "near-object"):
