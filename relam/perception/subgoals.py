@@ -93,25 +93,24 @@ def build_subgoal_dataset(cfg, task: str, progress: bool = True, robot_reference
     results, seeds = [], []
     with EpisodeSet(demo_path(cfg, task)) as ds:
         task_frame = ds[0].frames[-1]
+        reference = None if robot_reference is None else np.asarray(robot_reference, float)
         for i in tqdm(range(len(ds)), desc=f"subgoals {task}", disable=not progress, unit="demo"):
-            results.append(extract_from_demo_set(pc, ds, i, spec))
+            results.append(extract_from_demo_set(pc, ds, i, spec, reference))
             seeds.append(ds[i].seed)
-        reference, moved = None, 0
-        if pc.keypoints.robot_reference:   # a second pass: every demo's robot points nearest to one selection
+        moved = None
+        if pc.keypoints.robot_reference and reference is None:
+            # the medoid of the demos' own robot points; only the demos that chose otherwise are extracted again
             n_robot = quotas(spec.prompts, pc.keypoints.num_keypoints, pc.keypoints.object_share)[0]
-            reference = np.asarray(robot_reference, float) if robot_reference is not None else \
-                reference_selection(np.stack([r.keypoints.points[:n_robot] for r in results]))
-            for i in tqdm(range(len(ds)), desc=f"subgoals {task} (robot reference)", disable=not progress,
-                          unit="demo"):
-                before = results[i].keypoints.points[:n_robot]
+            reference = reference_selection(np.stack([r.keypoints.points[:n_robot] for r in results]))
+            moved = [i for i, r in enumerate(results) if not np.allclose(r.keypoints.points[:n_robot], reference)]
+            for i in tqdm(moved, desc=f"subgoals {task} (robot reference)", disable=not progress, unit="demo"):
                 results[i] = extract_from_demo_set(pc, ds, i, spec, reference)
-                moved += int(not np.allclose(before, results[i].keypoints.points[:n_robot]))
         first_frames = np.stack([ds.first_frame(i) for i in range(len(ds))])
     n_sub = np.array([r.num_subgoals for r in results])
     summary = {"demos": len(results), "subgoals_mean": float(n_sub.mean()), "subgoals_min": int(n_sub.min()),
                "subgoals_max": int(n_sub.max()), "seconds": round(time.perf_counter() - t0, 2)}
-    if reference is not None:   # how many demos the reference changed (the others chose it themselves)
-        summary["robot_reference_changed"] = moved
+    if moved is not None:   # how many demos the medoid changed (the others chose it themselves)
+        summary["robot_reference_changed"] = len(moved)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["settings"] = json.dumps(settings)
         f.attrs["summary"] = json.dumps(summary)
