@@ -81,11 +81,11 @@ def test_subgoal_dataset_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     real = subgoals.extract_from_demo_set
     calls = {"n": 0}
 
-    def failing(pc, ds, i, spec):
+    def failing(pc, ds, i, spec, reference=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise PerceptionError("tracker returned NaN (simulated)")
-        return real(pc, ds, i, spec)
+        return real(pc, ds, i, spec, reference)
 
     monkeypatch.setattr(subgoals, "extract_from_demo_set", failing)
     with pytest.raises(PerceptionError):
