@@ -19,7 +19,7 @@ import numpy as np
 import relam  # noqa: F401
 from relam.config import load_config
 from relam.envs.maniskill_tasks import STATE_LAYOUT as L
-from relam.rl.iql import flat_observation, observed_subgoal
+from relam.rl.iql import flat_observation, observed_subgoal, relative_objects
 from relam.rl.mc_awr import load_policy
 from relam.rl.ppo import make_env, make_planner
 from relam.rl.runs import EVAL_SEED_OFFSET
@@ -43,8 +43,10 @@ def main() -> None:
     # the run's subgoal view as its config resolved it for its method (True, False or 'objects')
     view = settings.get("subgoal_observation", True)
     cfg = load_config(a.profile, {"results_dir": a.results_dir, "iql": {
-        "goal_observation": goal_obs, "subgoal_observation": view, "subgoal_observation_generated": None}})
-    with_subgoal = observed_subgoal(cfg, "PickCube", a.method)
+        "goal_observation": goal_obs, "subgoal_observation": view, "subgoal_observation_generated": None,
+        "keypoint_depth": settings.get("keypoint_depth", False),
+        "relative_goal": bool(settings.get("relative_goal", False))}})
+    with_subgoal, relative = observed_subgoal(cfg, "PickCube", a.method), relative_objects(cfg, "PickCube")
     source = "relam-gt" if a.method == "relam-gt" else "relam"
     # keypoint_depth passes through as the run saved it: False, True or "xyz"
     env = make_env("PickCube", make_planner("PickCube", source, cfg, cfg.iql.anticipation_run), cfg,
@@ -56,7 +58,7 @@ def main() -> None:
         policy.reset()   # a policy with action chunks (iql.mc_chunk) starts each episode without memory
         done, grasped, closest, speed, success = False, False, np.inf, np.nan, False
         while not done:
-            x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"], with_subgoal)[None]
+            x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"], with_subgoal, relative)[None]
             obs, _, term, trunc, info = env.step(policy.predict(x)[0])
             s = env.unwrapped.last_state
             grasped |= bool(s[L["is_grasped"]][0] > 0.5)

@@ -284,6 +284,9 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
         what = DEPTH_WORDS[cfg.iql.keypoint_depth]
         departures.append(f"ManiSkill policies also observe each keypoint's {what}, as an RGB-D camera gives it "
                           f"(`iql.keypoint_depth: {cfg.iql.keypoint_depth}`; ours; the paper's keypoints are 2-D).")
+    if cfg is not None and cfg.iql.relative_goal:
+        departures.append("ManiSkill policies also observe the goal's and the end effector's 3-D offsets from each "
+                          "object keypoint (`iql.relative_goal: true`; ours).")
     generated_view = None if cfg is None else cfg.iql.subgoal_observation_generated
     if generated_view is not None and generated_view != cfg.iql.subgoal_observation:
         seen = {"objects": "only the object keypoints' part of the subgoal", False: "no subgoal",

@@ -50,7 +50,7 @@ def _smoke_iql_run(tmp_path, n: int = 1, **iql):
     cfg = load_config("smoke", {"results_dir": str(tmp_path / "results"), "offline": {"n_expert": n, "n_noisy": n},
                                 "iql": {"eval_every_epochs": 1, "eval_episodes": 1, "learner": "iql",
                                         "trajectory_filter": "none", "subgoal_lift": False, "goal_observation": False,
-                                        "keypoint_depth": False,
+                                        "keypoint_depth": False, "relative_goal": False,
                                         **iql}})
     collect_offline(cfg, "PushCube", progress=False)
     return cfg, train_run(cfg, "PushCube", "relam-gt", 0), cfg.out / "runs" / "PushCube" / "relam-gt" / "seed0"
@@ -248,7 +248,7 @@ def test_validation_selects_the_checkpoint_that_scored_best_on_validation_states
     scores = {EVAL_SEED_OFFSET: iter([0.2, 0.4, 0.6]), VALIDATION_SEED_OFFSET: iter([0.0, 1.0, 0.0])}
     seen = {"eval": [], "val": []}
 
-    def scripted(algo, env, episodes, image_size=None, seed_offset=EVAL_SEED_OFFSET, with_subgoal=True):
+    def scripted(algo, env, episodes, image_size=None, seed_offset=EVAL_SEED_OFFSET, with_subgoal=True, relative=None):
         seen["val" if seed_offset == VALIDATION_SEED_OFFSET else "eval"].append((episodes, algo.predict(x)))
         return {"success_rate": next(scores[seed_offset]), "last_subgoal_rate": 0.0}
 
@@ -478,3 +478,58 @@ def test_a_policy_without_the_subgoal_observation_trains_evaluates_and_ignores_t
         from relam.rl.iql import train_run
         train_run(cfg, "PushCube", "relam-gt", 0)
     assert (rd / "model.pt").exists()                                  # refused before it touched the finished run
+
+
+def test_relative_goal_appends_each_object_keypoints_offsets_to_the_goal_and_the_hand(tmp_path, monkeypatch):
+    import relam.rl.iql as iql_mod
+    from relam.rl.iql import flat_observation, relative_features, relative_objects, run_config, transitions
+    from relam.rl.mc_awr import load_policy
+
+    hand, goal = np.array([0.1, 0.2, 0.3]), np.array([0.5, -0.1, 0.4])
+    points = np.arange(12, dtype=float).reshape(4, 3) / 10            # robot x3, cube last (PushCube's parts)
+    st = np.concatenate([hand, [0.04], goal, points.ravel()])           # proprio 4, goal 3, xyz 3K
+    mask = np.array([False, False, False, True])
+    rel = relative_features(st, mask)
+    np.testing.assert_allclose(rel, np.concatenate([goal - points[3], points[3] - hand]), atol=1e-6)
+    kp, sg = np.linspace(0, 1, 8), np.full(8, 0.5)
+    x = flat_observation(kp, sg, st, True, mask)
+    np.testing.assert_array_equal(x[:-6], flat_observation(kp, sg, st))  # appended after the usual layout
+    np.testing.assert_array_equal(x[-6:], rel)
+    assert flat_observation(kp, sg, st, False, mask).shape == (8 + 19 + 6,)
+    higher = st.copy()
+    higher[6] += 0.2                                                    # goal z: only goal - cube moves
+    np.testing.assert_allclose(relative_features(higher, mask) - rel, [0, 0, 0.2, 0, 0, 0], atol=1e-6)
+    two = relative_features(np.stack([st, higher]), np.array([False, True, False, True]))
+    assert two.shape == (2, 12)                                         # 6 per object keypoint, batched
+    with pytest.raises(ValueError, match="keypoint_depth: xyz"):
+        relative_features(np.ones(11), mask)                            # a state with camera depths only
+
+    seen = []
+    original = iql_mod.evaluate
+    monkeypatch.setattr(iql_mod, "evaluate", lambda *a, **k: seen.append(k["relative"]) or original(*a, **k))
+    cfg, res, rd = _smoke_iql_run(tmp_path, epochs=1, steps_per_epoch=20, learner="awr-mc", value_steps=10,
+                                  goal_observation=True, keypoint_depth="xyz", relative_goal=True)
+    assert json.loads((rd / "config.json").read_text())["iql"]["relative_goal"] is True
+    assert res["final_eval"]["episodes"] == 1 and seen and all(np.array_equal(s, mask) for s in seen)
+    d = dict(np.load(cfg.out / "relabelled" / "PushCube" / "relam-gt.npz"))
+    data = transitions(cfg.out / "relabelled" / "PushCube" / "relam-gt.npz", "reward", relative=mask)
+    assert data["observations"].shape[1] == 24 + 19 + 6
+    cube = d["state"][:, -3:]
+    np.testing.assert_allclose(data["observations"][:, -6:-3], d["state"][:, 4:7] - cube, atol=1e-6)
+    np.testing.assert_allclose(data["observations"][:, -3:], cube - d["state"][:, :3], atol=1e-6)
+    policy = load_policy(rd / "model.pt")
+    assert policy.predict(data["observations"][:1]).shape == (1, 4)
+    with pytest.raises(RuntimeError):                                   # the observation without them no longer fits
+        policy.predict(data["observations"][:1, :-6])
+    # settings whose state lacks what it subtracts are refused, naming the fix
+    cfg.iql.keypoint_depth = True
+    with pytest.raises(ValueError, match="keypoint_depth: xyz, or relative_goal: false"):
+        relative_objects(cfg, "PushCube")
+    with pytest.raises(ValueError, match="relative_goal"):
+        iql_mod.train_run(cfg, "PushCube", "relam-gt", 1)
+    cfg.iql.keypoint_depth, cfg.iql.subgoal_lift = "xyz", True
+    with pytest.raises(ValueError, match="subgoal_lift"):
+        relative_objects(cfg, "PushCube")
+    cfg.iql.subgoal_lift, cfg.iql.relative_goal = False, False         # off: runs keep their earlier config
+    assert relative_objects(cfg, "PushCube") is None
+    assert "relative_goal" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]

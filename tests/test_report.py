@@ -200,14 +200,15 @@ def test_table4_names_the_profiles_offline_learner(tmp_path):
     assert "`iql.trajectory_filter: successful`" in md       # the smoke profile's, as cpu's
     assert "`iql.goal_observation: true`" in md              # the smoke profile's, as cpu's
     assert "`iql.keypoint_depth: xyz`" in md
+    assert "`iql.relative_goal: true`" in md                 # the smoke profile's, as cpu's
     assert "anticipation model of PickCube also reads" in md  # the smoke profile's, as cpu's
     assert "observe only the object keypoints' part of the subgoal" in md   # the smoke profile's, as cpu's
     cfg.iql.trajectory_filter, cfg.iql.goal_observation, cfg.iql.keypoint_depth = "none", False, False
-    cfg.iql.subgoal_observation_generated = None
+    cfg.iql.subgoal_observation_generated, cfg.iql.relative_goal = None, False
     cfg.anticipation.task_overrides = {}
     md = write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
     assert "trajectory_filter" not in md and "goal_observation" not in md and "goal_input" not in md
-    assert "subgoal_observation" not in md and "keypoint_depth" not in md
+    assert "subgoal_observation" not in md and "keypoint_depth" not in md and "relative_goal" not in md
 
 
 def test_table4_says_when_ppo_explores_with_gsde(tmp_path):

@@ -161,6 +161,12 @@ class IQLConfig:
     70.0 -> 76.0, PushCube ``relam`` 94.3 -> 96.3; at the 100k steps of the profile since (3 seeds) PickCube ``relam``
     74.0 -> 76.3. Ground-truth plans are exact, and there the robot part is worth
     keeping: PickCube ``relam-gt`` (3 seeds) with 'objects' 64.0 % against 84.3 (README stage 06)."""
+    relative_goal: bool = False
+    """Ours: the keypoint observation also carries, for each OBJECT keypoint, the goal minus its 3-D position and its
+    3-D position minus the end effector's (``relative_features``; 6 entries per object keypoint, appended last). It
+    reads them off the state, so it needs ``goal_observation`` and ``keypoint_depth: xyz``. Why: the cloned policy
+    must otherwise learn these differences itself from ~130 successful trajectories, and PickCube's policies fail
+    most where the goal is high and far (README, stage 06). See README stage 06 for what it measured."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
@@ -185,14 +191,16 @@ class IQLConfig:
     episode in a hundred, so it stays off."""
 
 
-def flat_observation(keypoints, subgoal, state, with_subgoal=True) -> np.ndarray:
+def flat_observation(keypoints, subgoal, state, with_subgoal=True, relative=None) -> np.ndarray:
     """The keypoint-only observation vector: keypoints 2K, subgoal 2K, subgoal - keypoints 2K, state S; without the
     subgoal (``with_subgoal`` False, ``iql.subgoal_observation: false``) keypoints and state only, (..., 2K + S).
     ``with_subgoal`` may also be a (K,) bool mask of the keypoints whose subgoal is observed (``observed_subgoal``):
-    the others' subgoal and difference entries are zero."""
+    the others' subgoal and difference entries are zero. ``relative`` (a (K,) bool mask of the object keypoints,
+    ``relative_objects``) appends their ``relative_features``."""
     kp, st = np.asarray(keypoints, np.float32), np.asarray(state, np.float32)
+    extra = [] if relative is None else [relative_features(st, relative)]
     if with_subgoal is False:
-        return np.concatenate([kp, st], -1)
+        return np.concatenate([kp, st, *extra], -1)
     sg = np.asarray(subgoal, np.float32)
     diff = sg - kp
     if with_subgoal is not True:
@@ -200,7 +208,40 @@ def flat_observation(keypoints, subgoal, state, with_subgoal=True) -> np.ndarray
         if seen.shape != sg.shape[-1:]:
             raise ValueError(f"subgoal mask has {len(seen) // 2} keypoints but the plan has {sg.shape[-1] // 2}")
         sg, diff = np.where(seen, sg, np.float32(0)), np.where(seen, diff, np.float32(0))
-    return np.concatenate([kp, sg, diff, st], -1)
+    return np.concatenate([kp, sg, diff, st, *extra], -1)
+
+
+def relative_features(state, objects) -> np.ndarray:
+    """``iql.relative_goal``'s entries (..., 6 * objects): goal - position of each object keypoint (``objects``, a
+    (K,) bool mask), then position - end effector of each, all in 3-D. ``state`` is laid out as ``goal_observation``
+    with ``keypoint_depth: xyz`` make it: proprioception (end-effector xyz first), goal (3), the K keypoints' xyz."""
+    st, objects = np.asarray(state, np.float32), np.asarray(objects, bool)
+    k = len(objects)
+    if st.shape[-1] < 3 * k + 6:
+        raise ValueError(f"a state of {st.shape[-1]} entries cannot hold an end effector, a goal and {k} keypoints' "
+                         f"xyz; iql.relative_goal needs iql.goal_observation and iql.keypoint_depth: xyz")
+    points = st[..., -3 * k:].reshape(*st.shape[:-1], k, 3)[..., objects, :]
+    goal, hand = st[..., -3 * k - 3:-3 * k], st[..., :3]
+    flat = points.shape[:-2] + (-1,)
+    return np.concatenate([(goal[..., None, :] - points).reshape(flat),
+                           (points - hand[..., None, :]).reshape(flat)], -1)
+
+
+def relative_objects(cfg, task: str):
+    """``flat_observation``'s ``relative`` for ``task``: None with ``iql.relative_goal`` off, else the (K,) mask of
+    its object keypoints. Refuses settings whose state does not carry what it subtracts."""
+    c = cfg.iql
+    if not c.relative_goal:
+        return None
+    if not c.goal_observation or c.keypoint_depth != "xyz":
+        raise ValueError(f"iql.relative_goal subtracts the goal and the keypoints' 3-D positions in the state, but "
+                         f"goal_observation is {c.goal_observation} and keypoint_depth {c.keypoint_depth!r}: set "
+                         f"iql.goal_observation: true and iql.keypoint_depth: xyz, or relative_goal: false")
+    if c.subgoal_lift:
+        raise ValueError("iql.subgoal_lift reads the observation's last entries as keypoints and proprioception; "
+                         "it cannot be combined with iql.relative_goal: switch one of them off")
+    from relam.rl.ppo import keypoint_parts
+    return keypoint_parts(cfg, task) != 0
 
 
 def subgoal_view(c: IQLConfig, method: str):
@@ -386,14 +427,15 @@ def training_mask(c: IQLConfig, npz_path: Path | str, reward_key: str, success_b
 
 
 def transitions(npz_path: Path | str, reward_key: str, images: np.ndarray | None = None,
-                success_bonus: float = 10.0, keep: np.ndarray | None = None, with_subgoal=True) -> dict:
+                success_bonus: float = 10.0, keep: np.ndarray | None = None, with_subgoal=True,
+                relative=None) -> dict:
     """The learners' arrays of a relabelled file (``relam.rl.relabel``): observations, actions, rewards,
     terminals, timeouts, episode (trajectory id) and noisy (whether the trajectory is a noisy one). ``images``
     (per transition, from ``offline_images``) makes 'pixels' observations. ``reward_key`` 'env_reward' gives
     ``env_reward_signal``. ``keep`` (a transition mask of whole trajectories, ``keep_mask``) selects the rows.
-    ``with_subgoal``: as ``flat_observation``'s."""
+    ``with_subgoal`` and ``relative``: as ``flat_observation``'s."""
     with np.load(npz_path) as d:
-        obs = flat_observation(d["keypoints"], d["subgoal"], d["state"], with_subgoal)
+        obs = flat_observation(d["keypoints"], d["subgoal"], d["state"], with_subgoal, relative)
         if images is not None:
             obs = np.concatenate([images, obs], -1)
         episode = d["episode"] if "episode" in d else np.zeros(len(obs), int)
@@ -438,13 +480,14 @@ def make_algo(c: IQLConfig, seed: int):
 
 
 def evaluate(algo, env, episodes: int, image_size: int | None = None, seed_offset: int = EVAL_SEED_OFFSET,
-             with_subgoal=True, per_episode: bool = False) -> dict:
+             with_subgoal=True, per_episode: bool = False, relative=None) -> dict:
     """Greedy IQL policy on held-out initial states from task seed ``seed_offset`` on
     (``relam.rl.runs.evaluate_policy``); ``image_size`` for a 'pixels' policy (the env must then yield
     ``obs['image']``); ``with_subgoal`` as the policy was trained (``observed_subgoal``): False without the
-    subgoal in its observation, a (K,) mask with only those keypoints' subgoal."""
+    subgoal in its observation, a (K,) mask with only those keypoints' subgoal; ``relative`` as trained
+    (``relative_objects``)."""
     def act(obs):
-        x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"], with_subgoal)
+        x = flat_observation(obs["keypoints"], obs["subgoal"], obs["state"], with_subgoal, relative)
         if image_size is not None:
             x = np.concatenate([downscale(np.moveaxis(obs["image"], 0, -1), image_size), x])
         return algo.predict(x[None])[0]
@@ -467,6 +510,8 @@ def _iql_settings(c: IQLConfig, method: str) -> dict:
         del d["goal_observation"]
     if not c.keypoint_depth:           # runs made before the option keep their config
         del d["keypoint_depth"]
+    if not c.relative_goal:            # runs made before the option keep their config
+        del d["relative_goal"]
     if not c.validation_episodes:      # runs made before the option keep their config
         del d["validation_episodes"]
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
@@ -575,7 +620,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
                           ("observation", ("keypoints", "pixels")), ("keypoint_depth", KEYPOINT_DEPTH)):
         _check_choice(c, name, choices)
-    with_subgoal = observed_subgoal(cfg, task, method)
+    with_subgoal, relative = observed_subgoal(cfg, task, method), relative_objects(cfg, task)
     if c.subgoal_lift and with_subgoal is not True:
         raise ValueError(f"iql.subgoal_lift adds the lifted (robot) SUBGOAL to the observation, so it needs the whole "
                          f"subgoal observed, but {method!r} observes {subgoal_view(c, method)!r} "
@@ -598,7 +643,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     images = offline_images(cfg, task, data_path, c.image_size) if pixels else None
     bonus = cfg.reward.for_task(task).success_bonus
     keep = training_mask(c, data_path, reward_key, bonus)
-    data = transitions(data_path, reward_key, images, bonus, keep, with_subgoal)
+    data = transitions(data_path, reward_key, images, bonus, keep, with_subgoal, relative)
     del images
     if pixels and c.learner != "awr-mc":
         pixel_encoder_factory(c.image_size, c.hidden[-1])   # registered before a checkpoint is loaded
@@ -632,7 +677,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
         steps_done += n * c.steps_per_epoch
         res = evaluate_with_validation(
             lambda n, offset: evaluate(policy, env, n, c.image_size if pixels else None, seed_offset=offset,
-                                       with_subgoal=with_subgoal),
+                                       with_subgoal=with_subgoal, relative=relative),
             c.eval_episodes, c.validation_episodes)
         state["evals"].append({"epoch": state["epoch"], "step": state["epoch"] * c.steps_per_epoch, **res})
         append_csv_row(run_dir / "eval.csv", ["epoch", "step"] + list(res),
@@ -729,7 +774,8 @@ def reevaluate_run(cfg, task: str, method: str, seed: int, episodes: int | None 
                                         anticipation_run=c.anticipation_run)
             policy = LiftedPolicy(policy, _subgoal_lift(c, run_dir, data_path, env, seed))
         res = evaluate(policy, env, episodes, c.image_size if pixels else None,
-                       with_subgoal=observed_subgoal(cfg, task, method), per_episode=True)
+                       with_subgoal=observed_subgoal(cfg, task, method), per_episode=True,
+                       relative=relative_objects(cfg, task))
     finally:
         env.close()
         planner.close()
