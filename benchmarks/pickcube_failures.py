@@ -39,18 +39,17 @@ def main() -> None:
     if not (run / "model.pt").exists():
         raise SystemExit(f"{run / 'model.pt'} is missing: train the run first (notebook 06), with the awr-mc learner")
     settings = json.loads((run / "config.json").read_text())["iql"]
-    goal_obs = bool(settings.get("goal_observation", False))
-    # the run's subgoal view as its config resolved it for its method (True, False or 'objects')
-    view = settings.get("subgoal_observation", True)
+    # the run's observation as its config saved it: the subgoal view resolved for its method (True, False or
+    # 'objects'), the goal, the keypoint depth (False, True or "xyz") and the offsets from the cube
     cfg = load_config(a.profile, {"results_dir": a.results_dir, "iql": {
-        "goal_observation": goal_obs, "subgoal_observation": view, "subgoal_observation_generated": None,
+        "goal_observation": bool(settings.get("goal_observation", False)),
+        "subgoal_observation": settings.get("subgoal_observation", True), "subgoal_observation_generated": None,
         "keypoint_depth": settings.get("keypoint_depth", False),
         "relative_goal": bool(settings.get("relative_goal", False))}})
     with_subgoal, relative = observed_subgoal(cfg, "PickCube", a.method), relative_objects(cfg, "PickCube")
     source = "relam-gt" if a.method == "relam-gt" else "relam"
-    # keypoint_depth passes through as the run saved it: False, True or "xyz"
     env = make_env("PickCube", make_planner("PickCube", source, cfg, cfg.iql.anticipation_run), cfg,
-                   image_obs=False, goal_obs=goal_obs, keypoint_depth=settings.get("keypoint_depth", False))
+                   image_obs=False, goal_obs=cfg.iql.goal_observation, keypoint_depth=cfg.iql.keypoint_depth)
     policy = load_policy(run / "model.pt")
     rows = []
     for i in range(a.episodes):
