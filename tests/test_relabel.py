@@ -303,6 +303,53 @@ def test_iql_run_configs_do_not_carry_the_other_learners_settings(tmp_path):
     assert "mc_beta" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]
 
 
+def test_iql_actor_dropout_is_in_the_actor_only_survives_saving_and_is_absent_from_configs_when_off(tmp_path):
+    import d3rlpy
+    import torch
+
+    from relam.rl.iql import IQLConfig, make_algo, run_config, train_run
+
+    rng = np.random.default_rng(0)
+    ds = d3rlpy.dataset.MDPDataset(rng.normal(size=(40, 6)).astype("float32"),
+                                   rng.uniform(-1, 1, (40, 2)).astype("float32"), rng.normal(size=40).astype("float32"),
+                                   np.r_[np.zeros(19), 1, np.zeros(19), 1],
+                                   action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
+
+    def dropouts(module):
+        return [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)]
+
+    algo = make_algo(IQLConfig(actor_dropout=0.25, hidden=[16, 16], batch_size=8), 0)
+    algo.fit(ds, n_steps=5, n_steps_per_epoch=5, show_progress=False,
+             logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+    mods = algo.impl.modules
+    assert dropouts(mods.policy) == [0.25, 0.25]                  # one after each hidden layer
+    assert not dropouts(mods.value_func) and not any(dropouts(q) for q in mods.q_funcs)
+    x = rng.normal(size=(3, 6)).astype("float32")
+    np.testing.assert_array_equal(algo.predict(x), algo.predict(x))   # acting: dropout off
+    algo.save(str(tmp_path / "m.d3"))
+    loaded = d3rlpy.load_learnable(str(tmp_path / "m.d3"), device="cpu:0")
+    assert dropouts(loaded.impl.modules.policy) == [0.25, 0.25]
+    np.testing.assert_allclose(loaded.predict(x), algo.predict(x), atol=1e-6)
+    assert not dropouts(_built(make_algo(IQLConfig(hidden=[16, 16]), 0), ds).impl.modules.policy)   # off: none
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path), "iql": {"learner": "iql"}})
+    assert "actor_dropout" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]   # off: configs as before
+    cfg.iql.actor_dropout = 0.1
+    assert run_config(cfg, "PushCube", "relam-gt", 0)["iql"]["actor_dropout"] == 0.1
+    cfg.iql.learner = "awr-mc"                                      # not the learner it is for: refused up front
+    with pytest.raises(ValueError, match="actor_dropout.*learner 'iql' only"):
+        train_run(cfg, "PushCube", "relam-gt", 0)
+    cfg.iql.learner, cfg.iql.actor_dropout = "iql", 1.0
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        train_run(cfg, "PushCube", "relam-gt", 0)
+    assert not (tmp_path / "runs").exists()                         # nothing written by a refused run
+
+
+def _built(algo, ds):
+    algo.build_with_dataset(ds)
+    return algo
+
+
 def test_goal_observation_appends_the_tasks_goal_offline_and_online(tmp_path):
     from relam.data.store import EpisodeSet
     from relam.data.demos import offline_path

@@ -170,6 +170,11 @@ class IQLConfig:
     final models; Table 4's 10 states / the 50 states 1 000 000-049) PickCube ``relam`` 66.7 -> 90.0 / 75.7 -> 84.7 %
     over 6 seeds, ``relam-gt`` 83.3 -> 86.7 / 88.0 -> 91.3, ``env-reward`` 76.7 -> 93.3 / 82.7 -> 86.7; PushCube held
     (``relam`` 96.7 -> 100 / 90.7 -> 90.0; README stage 06)."""
+    actor_dropout: float = 0.0
+    """'iql' only: dropout in the actor's hidden layers (d3rlpy's ``VectorEncoderFactory(dropout_rate=...)``; the
+    critics and the value net keep none). 0: none (SPEC §7 lists no dropout). The IQL paper (Kostrikov et al. 2021)
+    puts 0.1 on its policy for Franka Kitchen and Adroit, its tasks of few demonstrations; 'awr-mc' needed its
+    ``mc_dropout`` for the same reason (its policy overfits late without it, README stage 06)."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
@@ -475,10 +480,17 @@ def make_algo(c: IQLConfig, seed: int):
                                      encoder_factory=enc).create(device="cpu:0")
     if c.learner != "iql":
         raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
+    actor_enc = enc
+    if c.actor_dropout:
+        if c.observation != "keypoints":
+            raise ValueError("iql.actor_dropout is built for the keypoint observation's MLP; the 'pixels' encoder has "
+                             "no dropout: set iql.actor_dropout: 0 or iql.observation: keypoints")
+        actor_enc = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=list(c.hidden),
+                                                                dropout_rate=c.actor_dropout)
     return d3rlpy.algos.IQLConfig(
         actor_learning_rate=c.learning_rate, critic_learning_rate=c.learning_rate, batch_size=c.batch_size,
         gamma=c.gamma, tau=c.tau, expectile=c.expectile, weight_temp=c.temperature, max_weight=c.max_weight,
-        actor_encoder_factory=enc, critic_encoder_factory=enc, value_encoder_factory=enc,
+        actor_encoder_factory=actor_enc, critic_encoder_factory=enc, value_encoder_factory=enc,
     ).create(device="cpu:0")
 
 
@@ -519,6 +531,8 @@ def _iql_settings(c: IQLConfig, method: str) -> dict:
         del d["validation_episodes"]
     if c.observation == "keypoints":   # pixel-only settings do not define keypoint runs
         del d["observation"], d["image_size"]
+    if not c.actor_dropout or c.learner != "iql":   # runs made before the option keep their config
+        del d["actor_dropout"]
     if c.learner != "awr-mc":          # runs made before that learner keep their config
         for k in MC_ONLY:
             del d[k]
@@ -623,6 +637,10 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
                           ("observation", ("keypoints", "pixels")), ("keypoint_depth", KEYPOINT_DEPTH)):
         _check_choice(c, name, choices)
+    if not 0.0 <= c.actor_dropout < 1.0 or (c.actor_dropout and c.learner != "iql"):
+        raise ValueError(f"iql.actor_dropout {c.actor_dropout} must be in [0, 1) and applies to learner 'iql' only "
+                         f"(this run's is {c.learner!r}; 'awr-mc' has its own iql.mc_dropout): set it to 0 or "
+                         f"iql.learner: iql")
     with_subgoal, relative = observed_subgoal(cfg, task, method), relative_objects(cfg, task)
     if c.subgoal_lift and with_subgoal is not True:
         raise ValueError(f"iql.subgoal_lift adds the lifted (robot) SUBGOAL to the observation, so it needs the whole "
