@@ -174,7 +174,10 @@ class IQLConfig:
     """'iql' only: dropout in the actor's hidden layers (d3rlpy's ``VectorEncoderFactory(dropout_rate=...)``; the
     critics and the value net keep none). 0: none (SPEC §7 lists no dropout). The IQL paper (Kostrikov et al. 2021)
     puts 0.1 on its policy for Franka Kitchen and Adroit, its tasks of few demonstrations; 'awr-mc' needed its
-    ``mc_dropout`` for the same reason (its policy overfits late without it, README stage 06)."""
+    ``mc_dropout`` for the same reason (its policy overfits late without it, README stage 06). Measured with 0.1
+    (``cpu`` otherwise, 100k, final models, Table 4's 10 states / 50 states; 2026-12-07): PushCube ``relam`` 65.0 /
+    72.0 -> 95.0 / 85.0 % (2 seeds; 'awr-mc' 100 / 89.0), PickCube ``relam`` 80.0 / 73.0 -> 85.0 / 72.0 ('awr-mc'
+    90.0 / 85.0); not the profile's (docs/experiments.md)."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
