@@ -342,6 +342,9 @@ def test_iql_actor_dropout_is_in_the_actor_only_survives_saving_and_is_absent_fr
     cfg.iql.learner, cfg.iql.actor_dropout = "iql", 1.0
     with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
         train_run(cfg, "PushCube", "relam-gt", 0)
+    cfg.iql.actor_dropout, cfg.iql.observation = 0.1, "pixels"
+    with pytest.raises(ValueError, match="actor_dropout.*keypoint observation"):
+        train_run(cfg, "PushCube", "relam-gt", 0)
     assert not (tmp_path / "runs").exists()                         # nothing written by a refused run
 
 

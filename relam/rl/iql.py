@@ -469,6 +469,16 @@ def _mdp_dataset(t: dict):
         timeouts=t["timeouts"], action_space=d3rlpy.constants.ActionSpace.CONTINUOUS)
 
 
+def _check_actor_dropout(c: IQLConfig) -> None:
+    if not 0.0 <= c.actor_dropout < 1.0 or (c.actor_dropout and c.learner != "iql"):
+        raise ValueError(f"iql.actor_dropout {c.actor_dropout} must be in [0, 1) and applies to learner 'iql' only "
+                         f"(this run's is {c.learner!r}; 'awr-mc' has its own iql.mc_dropout): set it to 0 or "
+                         f"iql.learner: iql")
+    if c.actor_dropout and c.observation != "keypoints":
+        raise ValueError("iql.actor_dropout is built for the keypoint observation's MLP; the 'pixels' encoder has "
+                         "no dropout: set iql.actor_dropout: 0 or iql.observation: keypoints")
+
+
 def make_algo(c: IQLConfig, seed: int):
     import d3rlpy
     d3rlpy.seed(seed)
@@ -483,13 +493,9 @@ def make_algo(c: IQLConfig, seed: int):
                                      encoder_factory=enc).create(device="cpu:0")
     if c.learner != "iql":
         raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
-    actor_enc = enc
-    if c.actor_dropout:
-        if c.observation != "keypoints":
-            raise ValueError("iql.actor_dropout is built for the keypoint observation's MLP; the 'pixels' encoder has "
-                             "no dropout: set iql.actor_dropout: 0 or iql.observation: keypoints")
-        actor_enc = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=list(c.hidden),
-                                                                dropout_rate=c.actor_dropout)
+    _check_actor_dropout(c)
+    actor_enc = enc if not c.actor_dropout else d3rlpy.models.encoders.VectorEncoderFactory(
+        hidden_units=list(c.hidden), dropout_rate=c.actor_dropout)
     return d3rlpy.algos.IQLConfig(
         actor_learning_rate=c.learning_rate, critic_learning_rate=c.learning_rate, batch_size=c.batch_size,
         gamma=c.gamma, tau=c.tau, expectile=c.expectile, weight_temp=c.temperature, max_weight=c.max_weight,
@@ -640,10 +646,7 @@ def train_run(cfg, task: str, method: str, seed: int, progress: bool = False) ->
     for name, choices in (("learner", LEARNERS), ("trajectory_filter", TRAJECTORY_FILTERS),
                           ("observation", ("keypoints", "pixels")), ("keypoint_depth", KEYPOINT_DEPTH)):
         _check_choice(c, name, choices)
-    if not 0.0 <= c.actor_dropout < 1.0 or (c.actor_dropout and c.learner != "iql"):
-        raise ValueError(f"iql.actor_dropout {c.actor_dropout} must be in [0, 1) and applies to learner 'iql' only "
-                         f"(this run's is {c.learner!r}; 'awr-mc' has its own iql.mc_dropout): set it to 0 or "
-                         f"iql.learner: iql")
+    _check_actor_dropout(c)
     with_subgoal, relative = observed_subgoal(cfg, task, method), relative_objects(cfg, task)
     if c.subgoal_lift and with_subgoal is not True:
         raise ValueError(f"iql.subgoal_lift adds the lifted (robot) SUBGOAL to the observation, so it needs the whole "
