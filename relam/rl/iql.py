@@ -176,8 +176,8 @@ class IQLConfig:
     puts 0.1 on its policy for Franka Kitchen and Adroit, its tasks of few demonstrations; 'awr-mc' needed its
     ``mc_dropout`` for the same reason (its policy overfits late without it, README stage 06). Measured with 0.1
     (``cpu`` otherwise, 100k, final models, Table 4's 10 states / 50 states; 2026-12-07): PushCube ``relam`` 65.0 /
-    72.0 -> 95.0 / 85.0 % (2 seeds; 'awr-mc' 100 / 89.0), PickCube ``relam`` 80.0 / 73.0 -> 85.0 / 72.0 ('awr-mc'
-    90.0 / 85.0); not the profile's (docs/experiments.md)."""
+    72.0 (seeds 0-1) -> 93.3 / 84.7 % (seeds 0-2; 'awr-mc' 100 / 90.0), PickCube ``relam`` 80.0 / 73.0 -> 83.3 /
+    72.0 ('awr-mc' 90.0 / 84.0); not the profile's (docs/experiments.md)."""
     mc_chunk: int = 1
     """'awr-mc' only (ours, after ACT): the policy predicts the next ``mc_chunk`` actions and acts by temporal
     ensembling of the chunks (``relam.rl.mc_awr.TemporalEnsemble``); 1: one action (the default here, and the
