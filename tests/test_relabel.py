@@ -330,7 +330,9 @@ def test_iql_actor_dropout_is_in_the_actor_only_survives_saving_and_is_absent_fr
     loaded = d3rlpy.load_learnable(str(tmp_path / "m.d3"), device="cpu:0")
     assert dropouts(loaded.impl.modules.policy) == [0.25, 0.25]
     np.testing.assert_allclose(loaded.predict(x), algo.predict(x), atol=1e-6)
-    assert not dropouts(_built(make_algo(IQLConfig(hidden=[16, 16]), 0), ds).impl.modules.policy)   # off: none
+    plain = make_algo(IQLConfig(hidden=[16, 16]), 0)
+    plain.build_with_dataset(ds)
+    assert not dropouts(plain.impl.modules.policy)                 # off: none
 
     cfg = load_config("smoke", {"results_dir": str(tmp_path), "iql": {"learner": "iql"}})
     assert "actor_dropout" not in run_config(cfg, "PushCube", "relam-gt", 0)["iql"]   # off: configs as before
@@ -346,11 +348,6 @@ def test_iql_actor_dropout_is_in_the_actor_only_survives_saving_and_is_absent_fr
     with pytest.raises(ValueError, match="actor_dropout.*keypoint observation"):
         train_run(cfg, "PushCube", "relam-gt", 0)
     assert not (tmp_path / "runs").exists()                         # nothing written by a refused run
-
-
-def _built(algo, ds):
-    algo.build_with_dataset(ds)
-    return algo
 
 
 def test_goal_observation_appends_the_tasks_goal_offline_and_online(tmp_path):

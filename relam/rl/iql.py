@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -494,8 +494,7 @@ def make_algo(c: IQLConfig, seed: int):
     if c.learner != "iql":
         raise ValueError(f"unknown iql.learner {c.learner!r}; choose from {LEARNERS}")
     _check_actor_dropout(c)
-    actor_enc = enc if not c.actor_dropout else d3rlpy.models.encoders.VectorEncoderFactory(
-        hidden_units=list(c.hidden), dropout_rate=c.actor_dropout)
+    actor_enc = replace(enc, dropout_rate=c.actor_dropout) if c.actor_dropout else enc
     return d3rlpy.algos.IQLConfig(
         actor_learning_rate=c.learning_rate, critic_learning_rate=c.learning_rate, batch_size=c.batch_size,
         gamma=c.gamma, tau=c.tau, expectile=c.expectile, weight_temp=c.temperature, max_weight=c.max_weight,
