@@ -1,5 +1,6 @@
 """Held-out errors on unseen demos (relam.models.unseen_demos): where they come from and that they are measured as
 training measures its own held-out demos."""
+import dataclasses
 import json
 
 import numpy as np
@@ -36,8 +37,16 @@ def test_unseen_demos_come_from_their_own_seeds_and_are_measured_as_the_runs_hel
     assert not set(unseen.seeds) & set(ds.seeds)
     assert demo_path(cfg, TASK).read_bytes() == train_file        # the training demos are left alone
     assert (cfg.out / "unseen_demos" / "subgoals" / f"{TASK}.h5").exists()
-    errs = errors_on_demos(run, unseen)
+    errs = errors_on_demos(run, unseen, train_ds=ds)
     assert errs["n"] == 2 and np.isfinite([errs["x0_px"], errs["subgoal_px"]]).all() and errs["x0_px"] > 0
+    # per keypoint: x0 alone is the whole plan's x0 (causal model); the mean x0 is that of the run's training demos
+    assert len(errs["x0_px_per_keypoint"]) == ds.num_keypoints
+    assert np.mean(errs["x0_px_per_keypoint"]) == pytest.approx(errs["x0_px"], rel=1e-5)
+    trained = np.stack([ds.subgoals[i][0] for i in range(4) if i not in held]).mean(0)
+    by_hand = np.mean([np.linalg.norm(trained - s[0], axis=-1).mean() for s in unseen.subgoals]) * cfg.env.image_size
+    assert errs["x0_px_mean"] == pytest.approx(by_hand, rel=1e-5)
+    with pytest.raises(ValueError, match="subgoal dataset"):
+        errors_on_demos(run, unseen, train_ds=dataclasses.replace(ds, task="drawer-open"))
     stamp = (cfg.out / "unseen_demos" / "demos" / f"{TASK}.h5").stat().st_mtime_ns
     collect_unseen(cfg, TASK, progress=False)                     # a rerun reuses them
     assert (cfg.out / "unseen_demos" / "demos" / f"{TASK}.h5").stat().st_mtime_ns == stamp
@@ -45,6 +54,8 @@ def test_unseen_demos_come_from_their_own_seeds_and_are_measured_as_the_runs_hel
     rows = unseen_error_rows(cfg, {TASK: metrics}, progress=False)   # notebook 04's table: one row per run and task
     assert len(rows) == 1 and rows[0]["n unseen"] == 2 and rows[0]["n_val"] == metrics["n_val"]
     assert rows[0]["x0 px, unseen"] == pytest.approx(errs["x0_px"])
+    assert rows[0]["x0 px, unseen, mean x0"] == pytest.approx(errs["x0_px_mean"])
+    assert rows[0]["x0 px per keypoint, unseen"] == [round(x, 1) for x in errs["x0_px_per_keypoint"]]
     assert rows[0]["subgoal px, split"] == metrics["val"]["per_task"][TASK]["subgoal_px"]
     assert (cfg.out / "unseen_demos" / "demos" / f"{TASK}.h5").stat().st_mtime_ns == stamp
     cfg.demos.unseen = 0
