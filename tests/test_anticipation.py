@@ -119,6 +119,23 @@ def test_x0_warmup_loss_trains_only_the_first_subgoal():
     assert bce > 0 and m.head_stop.weight.grad.abs().sum() > 0
 
 
+def test_x0_weight_scales_only_the_x0_term_of_the_split_loss_and_needs_it():
+    m = _model().eval()                                  # no dropout: both passes see the same network
+    samples = _tiny_dataset()
+    feats = Features(m, np.zeros((1, 32, 32, 3), np.uint8), None)(samples)
+    with torch.no_grad():
+        x0 = loss_fn(m, feats, samples, 1.0, x0_only=True)[1]
+        one = loss_fn(m, feats, samples, 1.0, split_x0=True)
+        ten = loss_fn(m, feats, samples, 1.0, split_x0=True, x0_weight=10.0)
+    assert x0 > 0 and one[2] == pytest.approx(ten[2])
+    assert ten[1] == pytest.approx(one[1] + 9.0 * x0, rel=1e-5)
+    assert float(ten[0]) == pytest.approx(float(one[0]) + 9.0 * x0, rel=1e-5)
+    with pytest.raises(ValueError, match="split_x0_loss"):
+        AnticipationConfig(x0_weight=10.0)
+    with pytest.raises(ValueError, match="> 0"):
+        AnticipationConfig(split_x0_loss=True, x0_weight=0.0)
+
+
 def test_generate_stops_by_stop_logit_and_respects_max_length():
     m = _model().eval()
     feats = m.encode_images(_images(1), _images(1, 1))
