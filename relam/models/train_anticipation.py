@@ -74,8 +74,14 @@ class AnticipationConfig:
     11.2 (mean 11.0), and their generated plans were no better (held out: 7.3 / 17.4 px vs 4.7 / 15.0 without)."""
     x0_weight: float = 1.0
     """Weight of the x^0 term in ``split_x0_loss`` (ours; 1.0: the split loss as it was). Why: PickCube's model
-    read the cube's x^0 after ``x0_warmup_steps`` 450 (3.5 px on 50 unseen demos) and lost it once the later
-    subgoals and the stop logit joined the loss (10.4 px at 4 000 steps, the mean x^0's error being 11.5)."""
+    (the ``cpu`` settings of 2026-12-04) did not read its cube from the first frame: the cube keypoint's x^0 was
+    10.9 px off on its own training demos and 11.3 on 50 unseen ones, where always answering the training mean
+    x^0 is 11.5. A 500-step run on x^0 alone (``x0_warmup_steps`` 450) read it (3.5 px unseen): the network can.
+    Under the whole loss the later subgoals outweigh it. Measured 2026-12-07 (PickCube, ``x0_warmup_steps`` 450,
+    4 000 steps, the profile otherwise; x^0 / plan px on the 5 held-out demos, then on 50 unseen demos, then the
+    cube's x^0 on the unseen demos): weight 1: 5.54 / 5.12, 6.45 / 6.48, 10.4 (a warm-up alone does not last);
+    weight 10: 3.76 / 4.14, 3.60 / 3.69, 2.9; weight 30: 3.23 / 3.52, 3.56 / 3.94, 2.7. The profile's model before:
+    4.48 / 4.58, 6.20 / 6.61, 11.3."""
     linear_init: bool = False
     """Start ``model.coord_skip``'s per-step maps (and ``model.goal_input``'s, where on) at the least-squares fit of
     the training plans: x^{j+1} - x^j on [x^j - 0.5, standardised goal, 1], ridge 1e-3, per plan step with at least 8
