@@ -74,14 +74,15 @@ class AnticipationConfig:
     11.2 (mean 11.0), and their generated plans were no better (held out: 7.3 / 17.4 px vs 4.7 / 15.0 without)."""
     x0_weight: float = 1.0
     """Weight of the x^0 term in ``split_x0_loss`` (ours; 1.0: the split loss as it was). Why: PickCube's model
-    (the ``cpu`` settings of 2026-12-04) did not read its cube from the first frame: the cube keypoint's x^0 was
+    (the ``cpu`` settings since 2026-12-04) does not read its cube from the first frame: the cube keypoint's x^0 is
     10.9 px off on its own training demos and 11.3 on 50 unseen ones, where always answering the training mean
     x^0 is 11.5. A 500-step run on x^0 alone (``x0_warmup_steps`` 450) read it (3.5 px unseen): the network can.
     Under the whole loss the later subgoals outweigh it. Measured 2026-12-07 (PickCube, ``x0_warmup_steps`` 450,
     4 000 steps, the profile otherwise; x^0 / plan px on the 5 held-out demos, then on 50 unseen demos, then the
     cube's x^0 on the unseen demos): weight 1: 5.54 / 5.12, 6.45 / 6.48, 10.4 (a warm-up alone does not last);
-    weight 10: 3.76 / 4.14, 3.60 / 3.69, 2.9; weight 30: 3.23 / 3.52, 3.56 / 3.94, 2.7. The profile's model before:
-    4.48 / 4.58, 6.20 / 6.61, 11.3."""
+    weight 10: 3.76 / 4.14, 3.60 / 3.69, 2.9; weight 30: 3.23 / 3.52, 3.56 / 3.94, 2.7. The profile's model:
+    4.48 / 4.58, 6.20 / 6.61, 11.3. Not in the ``cpu`` profile: planned with the weight-30 model, PickCube's offline
+    ``relam`` policies did worse (MC-AWR, 6 seeds, Table 4's 10 states / 50 states: 90.0 / 84.7 -> 78.3 / 82.3 %)."""
     linear_init: bool = False
     """Start ``model.coord_skip``'s per-step maps (and ``model.goal_input``'s, where on) at the least-squares fit of
     the training plans: x^{j+1} - x^j on [x^j - 0.5, standardised goal, 1], ridge 1e-3, per plan step with at least 8
@@ -324,10 +325,10 @@ def mean_x0_baseline(datasets: dict, cfg: AnticipationConfig, image_size: int) -
     A model whose x^0 error is no better than this has not learned to read positions from the first frame."""
     train_s, val_s, _, _ = load_samples(datasets, cfg.val_fraction, cfg.seed)
     return {task: float(err.mean()) for task in datasets
-            if (err := _mean_x0_error(train_s, val_s, task, image_size)) is not None}
+            if (err := mean_x0_error(train_s, val_s, task, image_size)) is not None}
 
 
-def _mean_x0_error(train_s, samples, task: str, image_size: int) -> np.ndarray | None:
+def mean_x0_error(train_s, samples, task: str, image_size: int) -> np.ndarray | None:
     """Per-keypoint x^0 error (px) on ``task``'s ``samples`` of always answering its training mean x^0 (None
     when either side has no demo of the task)."""
     tr = [s.subgoals[0] for s in train_s if s.task == task]
@@ -533,13 +534,18 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, image_size: int) -> dict
             mine = [s for s in samples if s.task == task]
             if not mine:
                 continue
-            x0 = np.concatenate([model.generate(feats(chunk), max_len=1, goal=batch_goals(chunk, model))
-                                 for chunk in (mine[i:i + 16] for i in range(0, len(mine), 16))])
             truth = np.stack([s.subgoals[0] for s in mine])
-            row[split] = (np.linalg.norm(x0[:, 0] - truth, axis=-1).mean(0) * image_size).tolist()
-            row[split + " mean"] = _mean_x0_error(train_s, mine, task, image_size).tolist()
+            row[split] = (np.linalg.norm(predict_x0(model, feats, mine) - truth, axis=-1).mean(0) * image_size).tolist()
+            row[split + " mean"] = mean_x0_error(train_s, mine, task, image_size).tolist()
         out[task] = row
     return out
+
+
+def predict_x0(model, feats: Features, samples, batch: int = 16) -> np.ndarray:
+    """(N, K, 2) the model's x^0 for ``samples`` (normalised): the first step of ``generate`` alone, which is the
+    whole plan's x^0 (the model is causal)."""
+    return np.concatenate([model.generate(feats(chunk), max_len=1, goal=batch_goals(chunk, model))
+                           for chunk in (samples[i:i + batch] for i in range(0, len(samples), batch))])[:, 0]
 
 
 def _finished_run(run_dir: Path, datasets: dict):

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from relam.models.anticipation import check_num_keypoints
-from relam.models.train_anticipation import (Features, Sample, _mean_x0_error, batch_goals, evaluate,
-                                             goals_from_simulator, load_model, load_samples)
+from relam.models.train_anticipation import (Features, Sample, evaluate, goals_from_simulator, load_model,
+                                             load_samples, mean_x0_error, predict_x0)
 
 
 def unseen_config(cfg):
@@ -74,9 +74,8 @@ def errors_on_demos(run_dir: Path | str, ds, indices=None, train_ds=None) -> dic
     feats = Features(model, np.asarray(ckpt["task_frames"]), None)
     out = evaluate(model, feats, samples, size)
     out.pop("per_task")
-    model.eval()   # x^0 alone (the model is causal: the same x^0 as the whole plan's)
-    x0 = np.concatenate([model.generate(feats(chunk), max_len=1, goal=batch_goals(chunk, model))
-                         for chunk in (samples[i:i + 16] for i in range(0, len(samples), 16))])[:, 0]
+    model.eval()
+    x0 = predict_x0(model, feats, samples)
     out["x0_px_per_keypoint"] = (np.linalg.norm(x0 - np.stack([s.subgoals[0] for s in samples]), axis=-1).mean(0)
                                  * size).tolist()
     if train_ds is not None:
@@ -84,7 +83,7 @@ def errors_on_demos(run_dir: Path | str, ds, indices=None, train_ds=None) -> dic
             raise ValueError(f"train_ds is {train_ds.task!r}'s subgoal dataset, the demos are {ds.task!r}'s")
         split = ckpt["config"]
         train_s = load_samples({ds.task: train_ds}, split["val_fraction"], split["seed"])[0]
-        out["x0_px_mean"] = float(_mean_x0_error(train_s, samples, ds.task, size).mean())
+        out["x0_px_mean"] = float(mean_x0_error(train_s, samples, ds.task, size).mean())
     return {**out, "n": len(samples), "seeds": [int(ds.seeds[i]) for i in idx]}
 
 
