@@ -346,6 +346,9 @@ def test_plan_errors_report_the_first_subgoal_mean_and_worst_keypoint():
     p[2] = 0.5                      # later subgoals do not enter x1
     e = plan_errors([p], [t], 100)
     assert np.isclose(e["x1_px"], 2.5) and np.isclose(e["x1_max_px"], 5.0) and e["x0_px"] == 0
+    p[0, 1] = [0.06, 0.08]          # x^0's second keypoint 10 px off in one plan of two
+    e = plan_errors([p, t], [t, t], 100)
+    assert np.allclose(e["x0_px_per_keypoint"], [0.0, 5.0]) and np.isclose(e["x0_px"], 2.5)
     # a one-step plan is padded by repeating its x^0, like subgoal_px
     e = plan_errors([t[:1]], [t], 100)
     assert e["x1_px"] == 0 and e["len_err"] == 2

@@ -39,7 +39,7 @@ def test_unseen_demos_come_from_their_own_seeds_and_are_measured_as_the_runs_hel
     assert (cfg.out / "unseen_demos" / "subgoals" / f"{TASK}.h5").exists()
     errs = errors_on_demos(run, unseen, train_ds=ds)
     assert errs["n"] == 2 and np.isfinite([errs["x0_px"], errs["subgoal_px"]]).all() and errs["x0_px"] > 0
-    # per keypoint: x0 alone is the whole plan's x0 (causal model); the mean x0 is that of the run's training demos
+    # per keypoint, and the error of the run's training demos' mean x0
     assert len(errs["x0_px_per_keypoint"]) == ds.num_keypoints
     assert np.mean(errs["x0_px_per_keypoint"]) == pytest.approx(errs["x0_px"], rel=1e-5)
     trained = np.stack([ds.subgoals[i][0] for i in range(4) if i not in held]).mean(0)

@@ -291,7 +291,7 @@ def loss_fn(model, feats, samples, stop_weight: float, x0_only: bool = False, sp
 def plan_errors(plans, truths, image_size: int) -> dict:
     x0, sub, lens, x1, x1_max = [], [], [], [], []
     for p, t in zip(plans, truths):
-        x0.append(np.linalg.norm(p[0] - t[0], axis=-1).mean() * image_size)
+        x0.append(np.linalg.norm(p[0] - t[0], axis=-1) * image_size)          # (K,)
         L = max(len(p), len(t), 2)
         pp = np.concatenate([p, np.repeat(p[-1:], L - len(p), 0)])
         tt = np.concatenate([t, np.repeat(t[-1:], L - len(t), 0)])
@@ -301,7 +301,9 @@ def plan_errors(plans, truths, image_size: int) -> dict:
         x1_max.append(dist[1].max())
         lens.append(abs(len(p) - len(t)))
     return {"x0_px": float(np.mean(x0)), "subgoal_px": float(np.mean(sub)), "len_err": float(np.mean(lens)),
-            "x1_px": float(np.mean(x1)), "x1_max_px": float(np.mean(x1_max))}
+            "x1_px": float(np.mean(x1)), "x1_max_px": float(np.mean(x1_max)),
+            # which keypoints the model reads: compare with the training mean x^0's (``mean_x0_error``)
+            "x0_px_per_keypoint": np.mean(x0, 0).tolist()}
 
 
 @torch.no_grad()
@@ -534,18 +536,13 @@ def x0_error_by_keypoint(run_dir: Path, datasets: dict, image_size: int) -> dict
             mine = [s for s in samples if s.task == task]
             if not mine:
                 continue
+            x0 = np.concatenate([model.generate(feats(chunk), max_len=1, goal=batch_goals(chunk, model))
+                                 for chunk in (mine[i:i + 16] for i in range(0, len(mine), 16))])
             truth = np.stack([s.subgoals[0] for s in mine])
-            row[split] = (np.linalg.norm(predict_x0(model, feats, mine) - truth, axis=-1).mean(0) * image_size).tolist()
+            row[split] = (np.linalg.norm(x0[:, 0] - truth, axis=-1).mean(0) * image_size).tolist()
             row[split + " mean"] = mean_x0_error(train_s, mine, task, image_size).tolist()
         out[task] = row
     return out
-
-
-def predict_x0(model, feats: Features, samples, batch: int = 16) -> np.ndarray:
-    """(N, K, 2) the model's x^0 for ``samples`` (normalised): the first step of ``generate`` alone, which is the
-    whole plan's x^0 (the model is causal)."""
-    return np.concatenate([model.generate(feats(chunk), max_len=1, goal=batch_goals(chunk, model))
-                           for chunk in (samples[i:i + batch] for i in range(0, len(samples), batch))])[:, 0]
 
 
 def _finished_run(run_dir: Path, datasets: dict):

@@ -19,7 +19,7 @@ import torch
 
 from relam.models.anticipation import check_num_keypoints
 from relam.models.train_anticipation import (Features, Sample, evaluate, goals_from_simulator, load_model,
-                                             load_samples, mean_x0_error, predict_x0)
+                                             load_samples, mean_x0_error)
 
 
 def unseen_config(cfg):
@@ -53,8 +53,8 @@ def collect_unseen(cfg, task: str, progress: bool = True):
 def errors_on_demos(run_dir: Path | str, ds, indices=None, train_ds=None) -> dict:
     """Held-out metrics (``train_anticipation.evaluate``: x0_px, subgoal_px, len_err, x1_px, x1_max_px) of the finished
     model in ``run_dir`` on demos ``indices`` (default: all) of subgoal dataset ``ds``, planned as the run planned
-    its own held-out demos: the task-indication frame and goal statistics of the run, the demo's own goal. Also
-    ``x0_px_per_keypoint`` (K,) and, given the task's training dataset ``train_ds``, ``x0_px_mean``: the error of
+    its own held-out demos: the task-indication frame and goal statistics of the run, the demo's own goal, with
+    ``x0_px_per_keypoint`` (K,); given the task's training dataset ``train_ds``, ``x0_px_mean``: the error of
     always answering the mean x^0 of the demos the run trained on (its split). A keypoint whose error is no better
     than that mean's is one the model does not read from the first frame (PickCube's cube, 2026-12-04 model:
     11.3 px on 50 unseen demos against the mean's 11.5)."""
@@ -63,6 +63,8 @@ def errors_on_demos(run_dir: Path | str, ds, indices=None, train_ds=None) -> dic
     if ds.task not in tasks:
         raise ValueError(f"the model in {run_dir} was trained on {tasks}, not on {ds.task!r}: pass a run of that task")
     check_num_keypoints(model.cfg.num_keypoints, ds.num_keypoints)
+    if train_ds is not None and train_ds.task != ds.task:
+        raise ValueError(f"train_ds is {train_ds.task!r}'s subgoal dataset, the demos are {ds.task!r}'s")
     idx = range(len(ds.subgoals)) if indices is None else list(indices)
     size = ckpt["task_frames"].shape[1]
     if model.cfg.goal_input:
@@ -71,16 +73,9 @@ def errors_on_demos(run_dir: Path | str, ds, indices=None, train_ds=None) -> dic
                       None if ds.goals is None else np.asarray(ds.goals[i], np.float32)) for i in idx]
     if not samples:
         raise ValueError("no demos to evaluate on")
-    feats = Features(model, np.asarray(ckpt["task_frames"]), None)
-    out = evaluate(model, feats, samples, size)
+    out = evaluate(model, Features(model, np.asarray(ckpt["task_frames"]), None), samples, size)
     out.pop("per_task")
-    model.eval()
-    x0 = predict_x0(model, feats, samples)
-    out["x0_px_per_keypoint"] = (np.linalg.norm(x0 - np.stack([s.subgoals[0] for s in samples]), axis=-1).mean(0)
-                                 * size).tolist()
     if train_ds is not None:
-        if train_ds.task != ds.task:
-            raise ValueError(f"train_ds is {train_ds.task!r}'s subgoal dataset, the demos are {ds.task!r}'s")
         split = ckpt["config"]
         train_s = load_samples({ds.task: train_ds}, split["val_fraction"], split["seed"])[0]
         out["x0_px_mean"] = float(mean_x0_error(train_s, samples, ds.task, size).mean())
@@ -95,13 +90,13 @@ def unseen_error_rows(cfg, metrics: dict, progress: bool = True) -> list[dict]:
         return []
     from relam.perception.subgoals import SubgoalDataset, subgoal_path
 
-    unseen, rows = {}, []
+    unseen, trained, rows = {}, {}, []
     for name, m in metrics.items():
         for task in m["tasks"]:
             if task not in unseen:
                 unseen[task] = collect_unseen(cfg, task, progress)
-            train_ds = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
-            e = errors_on_demos(cfg.out / "anticipation" / name, unseen[task], train_ds=train_ds)
+                trained[task] = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
+            e = errors_on_demos(cfg.out / "anticipation" / name, unseen[task], train_ds=trained[task])
             v = m["val"]["per_task"][task]
             rows.append({"run": name, "task": task, "x0 px, split": v["x0_px"], "x0 px, unseen": e["x0_px"],
                          # the training mean x0's error, and the model's per keypoint: which keypoints it reads
