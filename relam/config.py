@@ -107,7 +107,12 @@ class PerceptionConfig:
     (``AnchoredPlanner(reselect=)``); the others as 'centroid'. Measured on PickCube (3 seeds, 40k, 100 states):
     robot subgoals x^2 / x^3 ~3.8 -> ~1.6 px from the expert's, but ``relam`` 61.3 -> 58.7 %, and every policy,
     ``relam-gt``'s too, succeeded less often with these plans than with 'centroid' ones, so not a profile's
-    setting (README, stage 06)."""
+    setting (README, stage 06). 'residual' (ours, 2026-12-07): as 'centroid', but each part moves only by the
+    displacement its x^0 keypoints do not already hold (``AnchoredPlanner(mean_x0=)``, ``believed_centroids``):
+    'centroid' assumes a model that answers the mean x^0 and moves a model that reads positions twice. PickCube's
+    offline trajectories that reach the plan's last subgoal: 74.5 -> 76.0 % (the profile's model), 63.0 -> 73.5 %
+    (the cube-reading model of ``anticipation.x0_weight``); successful ones stuck at the first subgoal: 2.3 -> 0 %,
+    10.5 -> 0 %."""
     anchor_movable_only: bool = True
     """Anchoring with the simulator's masks: an x^0 keypoint must end on a part that can move (the drawer, not its
     static case; ``AnchoredPlanner(movable_fn=)``), centroids still from the whole prompt. False: anywhere on the
@@ -119,9 +124,9 @@ class PerceptionConfig:
     load), and the multi-task model leaves it out (one model, one K). Why: the ``cpu`` profile's comments."""
 
     def __post_init__(self):
-        if self.x0_anchor not in ("nearest", "centroid", "reselect"):
-            raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest', 'centroid' or "
-                             "'reselect'")
+        if self.x0_anchor not in ("nearest", "centroid", "reselect", "residual"):
+            raise ValueError(f"unknown perception.x0_anchor {self.x0_anchor!r}; choose 'nearest', 'centroid', "
+                             "'reselect' or 'residual'")
         check_task_overrides(self, "perception")
 
     def for_task(self, task: str | None) -> "PerceptionConfig":

@@ -275,6 +275,43 @@ def test_centroid_anchor_moves_each_keypoint_with_its_part_and_replans_from_the_
     assert np.linalg.norm((chosen[:3] - out[0, :3]) * size, axis=-1).min() > 1   # it did move the arm's points
 
 
+def test_residual_anchor_moves_a_part_only_by_the_displacement_its_x0_does_not_already_hold():
+    from relam.rl.planners import AnchoredPlanner, anchor_plan, believed_centroids, reference_centroids
+
+    size = 32
+    arm, cube, away = (np.zeros((size, size), bool) for _ in range(3))
+    arm[2:20, 2:12] = True
+    cube[20:28, 20:28] = True                                   # this episode's cube: centroid (24, 24) px
+    away[16:24, 12:20] = True                                   # the training demos' cube: centroid (16, 20) px
+    ref = reference_centroids([[arm, away]])
+    idx = np.array([0, 0, 0, 1])
+    mean_x0 = np.array([[5.5, 5.5], [8.5, 10.5], [6.5, 15.5], [15.5, 21.5]]) / size
+    reads = mean_x0.copy()
+    reads[3] += np.array([8.0, 4.0]) / size                     # a model that read where the cube is
+    believed = believed_centroids(ref, reads, mean_x0, idx)
+    np.testing.assert_allclose(believed * size, [[7.0, 11.0], [24.0, 24.0]])
+    plan = np.stack([reads, reads + 0.1])
+    out, shift = anchor_plan(plan, [arm, cube], idx, window=5, reference=believed)
+    np.testing.assert_allclose(out, plan)                       # nothing left to correct
+    twice, _ = anchor_plan(plan, [arm, cube], idx, window=5, reference=ref)   # 'centroid' moves the cube again
+    assert np.linalg.norm((twice[0, 3] - plan[0, 3]) * size) > 1.5   # pushed to the far side of the cube
+    # a model that answers the mean x^0 is corrected as 'centroid' corrects it
+    np.testing.assert_allclose(believed_centroids(ref, mean_x0, mean_x0, idx), ref)
+
+    class Model:
+        num_keypoints, generated = 4, True
+
+        def __call__(self, frame, info, x0=None):
+            return plan if x0 is None else np.concatenate([x0[None], x0[None] + 0.2])
+
+    got = AnchoredPlanner(Model(), lambda f, i: [arm, cube], idx, reference=ref, replan=True, mean_x0=mean_x0)(None, {})
+    np.testing.assert_allclose(got[0], reads)
+    with pytest.raises(ValueError, match="reference"):
+        AnchoredPlanner(Model(), lambda f, i: [arm, cube], idx, mean_x0=mean_x0)
+    with pytest.raises(ValueError, match="agree on K"):
+        believed_centroids(ref, reads[:3], mean_x0, idx)
+
+
 def test_centroid_reference_is_the_mean_over_the_models_training_demos(tmp_path, monkeypatch):
     from relam.perception import subgoals
     from relam.rl.ppo import demo_centroids

@@ -254,12 +254,13 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
             raise
         if pc.anchor_generated_x0:
             kp = pc.keypoints
-            centroid = pc.x0_anchor in ("centroid", "reselect")
+            centroid = pc.x0_anchor in ("centroid", "reselect", "residual")
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
                                       reference=demo_centroids(cfg, task, masks) if centroid else None,
                                       replan=centroid,
                                       movable_fn=masks.movable if pc.anchor_movable_only else None,
-                                      reselect=kp if pc.x0_anchor == "reselect" else None)
+                                      reselect=kp if pc.x0_anchor == "reselect" else None,
+                                      mean_x0=demo_mean_x0(cfg, task) if pc.x0_anchor == "residual" else None)
         return CachedPlanner(planner)
     if method == "relam-gt":
         reference = None
@@ -288,6 +289,14 @@ def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
     ds = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
     return reference_centroids(masks_fn(frame, {"task_seed": int(seed)})
                                for frame, seed in zip(ds.first_frames, ds.seeds))
+
+
+def demo_mean_x0(cfg, task: str) -> np.ndarray:
+    """(K, 2) mean x^0 over the task's subgoal-dataset demos (what the anticipation model learnt from)."""
+    from relam.perception.subgoals import SubgoalDataset, subgoal_path
+
+    ds = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
+    return np.mean([s[0] for s in ds.subgoals], 0)
 
 
 def make_env(task_name: str, planner, cfg, seed_pool=None, image_obs: bool | None = None, lift=None,
