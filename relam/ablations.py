@@ -60,6 +60,19 @@ def num_keypoints_overrides(k: int, cfg: Config | None = None) -> dict:
     return out
 
 
+def x0_anchor_everywhere(overrides: dict, cfg: Config) -> dict:
+    """``overrides`` whose global ``perception.x0_anchor`` also replaces the profile's per-task ones. Why: an
+    x^0-anchoring ablation asks how every task's plans fare under that mode, while a merged global setting would
+    leave a task that sets its own (``cpu``: PickCube's 'residual') as it was. Other overrides are returned as given."""
+    mode = overrides.get("perception", {}).get("x0_anchor")
+    own = [t for t, o in cfg.perception.task_overrides.items() if "x0_anchor" in o]
+    if mode is None or not own:
+        return overrides
+    mine = overrides["perception"].get("task_overrides", {})
+    tasks = {t: {"x0_anchor": mode} | mine.get(t, {}) for t in own} | {t: o for t, o in mine.items() if t not in own}
+    return {**overrides, "perception": {**overrides["perception"], "task_overrides": tasks}}
+
+
 def ablation_config(cfg: Config, name: str, overrides: dict, reuse: tuple = ()) -> Config:
     """The profile's config with ``overrides`` and results in ``<cfg.out>/ablations/<name>``; links the profile's
     demos and offline datasets into it (they must exist: run stages 01 first), and the stages named in ``reuse``

@@ -106,6 +106,27 @@ def test_an_ablation_that_changes_a_shared_stage_is_refused_before_it_can_overwr
                         reuse=("subgoals",))
 
 
+def test_an_x0_anchoring_ablation_reaches_the_tasks_that_set_their_own_mode(tmp_path):
+    from relam.ablations import x0_anchor_everywhere
+
+    cfg = load_config("smoke", {"results_dir": str(tmp_path / "res")})
+    assert cfg.perception.for_task("PickCube").x0_anchor == "residual" != cfg.perception.x0_anchor
+    for d in ("demos", "offline", "subgoals", "anticipation"):
+        (cfg.out / d).mkdir(parents=True)
+    near = {"perception": {"x0_anchor": "nearest"}}
+    merged = ablation_config(cfg, "merged", near, reuse=("subgoals", "anticipation"))
+    assert merged.perception.for_task("PickCube").x0_anchor == "residual"   # a plain merge misses PickCube
+    abl = ablation_config(cfg, "near", x0_anchor_everywhere(near, cfg), reuse=("subgoals", "anticipation"))
+    assert {abl.perception.for_task(t).x0_anchor for t in ("PickCube", "PushCube", "drawer-open")} == {"nearest"}
+    assert abl.perception.for_task("door-open").keypoints.num_keypoints == 8   # the task's other overrides stay
+    # a task the ablation sets itself keeps the ablation's own setting; other overrides come back as given
+    own = {"perception": {"x0_anchor": "nearest", "task_overrides": {"PickCube": {"x0_anchor": "reselect"}}}}
+    assert ablation_config(cfg, "own", x0_anchor_everywhere(own, cfg), reuse=("subgoals", "anticipation")) \
+        .perception.for_task("PickCube").x0_anchor == "reselect"
+    delta = {"reward": {"delta": 0.05}}
+    assert x0_anchor_everywhere(delta, cfg) is delta
+
+
 def test_compare_lists_profile_and_ablation_side_by_side(tmp_path):
     cfg = load_config("smoke", {"results_dir": str(tmp_path)})
     _run(tmp_path, "PushCube", "relam", 0, 0.2)
