@@ -300,6 +300,16 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
         departures.append(f"The anticipation model of {', '.join(reads_goal)} also reads the task's goal from the "
                           "simulator (`anticipation.model.goal_input`, with `coord_skip` and `linear_init`; ours, the "
                           "paper's model sees only the first frame and the task-indication frame).")
+    anchors = {} if cfg is None else {t: cfg.perception.for_task(t).x0_anchor
+                                      for t in dict.fromkeys([*cfg.ppo.tasks, *cfg.iql.tasks])
+                                      if cfg.perception.for_task(t).anchor_generated_x0}
+    if anchors:
+        modes = list(dict.fromkeys(anchors.values()))
+        common = max(modes, key=list(anchors.values()).count)
+        own = "".join(f"; {t}: {m}" for t, m in anchors.items() if m != common)
+        departures.append(f"Generated plans' x⁰ keypoints are anchored on the parts' first-frame masks, and the model "
+                          f"plans on from them (`perception.x0_anchor: {common}`{own}; ours, the paper takes the "
+                          "model's x⁰ as it is).")
     if cfg is not None and cfg.ppo.use_sde:
         departures.append(f"Meta-World rows: PPO explores with gSDE (`ppo.use_sde: true`, `sde_sample_freq: "
                           f"{cfg.ppo.sde_sample_freq}`, `log_std_init: {cfg.ppo.log_std_init:g}`; the paper's PPO "

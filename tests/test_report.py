@@ -203,6 +203,10 @@ def test_table4_names_the_profiles_offline_learner(tmp_path):
     assert "`iql.relative_goal: true`" in md                 # the smoke profile's, as cpu's
     assert "anticipation model of PickCube also reads" in md  # the smoke profile's, as cpu's
     assert "observe only the object keypoints' part of the subgoal" in md   # the smoke profile's, as cpu's
+    # the smoke profile's x0 anchoring, as cpu's: every task 'centroid' but PickCube's own 'residual'
+    assert "(`perception.x0_anchor: centroid`; PickCube: residual; ours" in md
+    cfg.perception.anchor_generated_x0, cfg.perception.task_overrides = False, {}
+    assert "x0_anchor" not in write_table4(tmp_path, [0], cfg=cfg)["md"].read_text()
     cfg.iql.trajectory_filter, cfg.iql.goal_observation, cfg.iql.keypoint_depth = "none", False, False
     cfg.iql.subgoal_observation_generated, cfg.iql.relative_goal = None, False
     cfg.anticipation.task_overrides = {}
