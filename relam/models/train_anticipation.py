@@ -80,9 +80,10 @@ class AnticipationConfig:
     Under the whole loss the later subgoals outweigh it. Measured 2026-12-07 (PickCube, ``x0_warmup_steps`` 450,
     4 000 steps, the profile otherwise; x^0 / plan px on the 5 held-out demos, then on 50 unseen demos, then the
     cube's x^0 on the unseen demos): weight 1: 5.54 / 5.12, 6.45 / 6.48, 10.4 (a warm-up alone does not last);
-    weight 10: 3.76 / 4.14, 3.60 / 3.69, 2.9; weight 30: 3.23 / 3.52, 3.56 / 3.94, 2.7. The profile's model:
-    4.48 / 4.58, 6.20 / 6.61, 11.3. Not in the ``cpu`` profile: planned with the weight-30 model, PickCube's offline
-    ``relam`` policies did worse (MC-AWR, 6 seeds, Table 4's 10 states / 50 states: 90.0 / 84.7 -> 78.3 / 82.3 %)."""
+    weight 10: 3.76 / 4.14, 3.60 / 3.69, 2.9; weight 30: 3.23 / 3.52, 3.56 / 3.94, 2.7. The profile's model before:
+    4.48 / 4.58, 6.20 / 6.61, 11.3. PickCube's ``cpu`` setting since 2026-12-07 (weight 30), with its plans anchored by
+    ``perception.x0_anchor: residual``: under 'centroid' its offline ``relam`` policies did worse (MC-AWR, 6 seeds,
+    Table 4's 10 states / 50 states: 90.0 / 84.7 -> 78.3 / 82.3 %), under 'residual' better (100.0 / 93.7)."""
     linear_init: bool = False
     """Start ``model.coord_skip``'s per-step maps (and ``model.goal_input``'s, where on) at the least-squares fit of
     the training plans: x^{j+1} - x^j on [x^j - 0.5, standardised goal, 1], ridge 1e-3, per plan step with at least 8
