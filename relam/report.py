@@ -5,6 +5,7 @@ A run counts as finished when it has ``results.json``; unfinished runs are liste
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -300,12 +301,11 @@ def write_table4(out: Path | str, expected_seeds=None, dest: Path | str | None =
         departures.append(f"The anticipation model of {', '.join(reads_goal)} also reads the task's goal from the "
                           "simulator (`anticipation.model.goal_input`, with `coord_skip` and `linear_init`; ours, the "
                           "paper's model sees only the first frame and the task-indication frame).")
-    anchors = {} if cfg is None else {t: cfg.perception.for_task(t).x0_anchor
-                                      for t in dict.fromkeys([*cfg.ppo.tasks, *cfg.iql.tasks])
-                                      if cfg.perception.for_task(t).anchor_generated_x0}
+    perception = {} if cfg is None else {t: cfg.perception.for_task(t)
+                                         for t in dict.fromkeys([*cfg.ppo.tasks, *cfg.iql.tasks])}
+    anchors = {t: pc.x0_anchor for t, pc in perception.items() if pc.anchor_generated_x0}
     if anchors:
-        modes = list(dict.fromkeys(anchors.values()))
-        common = max(modes, key=list(anchors.values()).count)
+        common = Counter(anchors.values()).most_common(1)[0][0]   # ties: the first task's mode
         own = "".join(f"; {t}: {m}" for t, m in anchors.items() if m != common)
         departures.append(f"Generated plans' x⁰ keypoints are anchored on the parts' first-frame masks, and the model "
                           f"plans on from them (`perception.x0_anchor: {common}`{own}; ours, the paper takes the "
