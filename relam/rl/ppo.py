@@ -255,12 +255,13 @@ def make_planner(task: str, method: str, cfg, anticipation_run: str | None = Non
         if pc.anchor_generated_x0:
             kp = pc.keypoints
             centroid = pc.x0_anchor in ("centroid", "reselect", "residual")
+            demos = training_demos(cfg, task) if centroid else None   # loaded once for both references
             planner = AnchoredPlanner(planner, masks, keypoint_prompt_index(masks.prompts, kp), kp.window,
-                                      reference=demo_centroids(cfg, task, masks) if centroid else None,
+                                      reference=demo_centroids(cfg, task, masks, demos) if centroid else None,
                                       replan=centroid,
                                       movable_fn=masks.movable if pc.anchor_movable_only else None,
                                       reselect=kp if pc.x0_anchor == "reselect" else None,
-                                      mean_x0=demo_mean_x0(cfg, task) if pc.x0_anchor == "residual" else None)
+                                      mean_x0=demo_mean_x0(cfg, task, demos) if pc.x0_anchor == "residual" else None)
         return CachedPlanner(planner)
     if method == "relam-gt":
         reference = None
@@ -280,22 +281,27 @@ def anticipation_dir(cfg, task: str, anticipation_run: str) -> Path:
     return cfg.out / "anticipation" / (task if anticipation_run == "task" else "multitask")
 
 
-def demo_centroids(cfg, task: str, masks_fn) -> np.ndarray:
-    """(P, 2) mean first-frame mask centroid per prompt over the task's subgoal-dataset demos (what the
-    anticipation model learnt from), with the masks ``masks_fn`` gives at RL time."""
+def training_demos(cfg, task: str):
+    """The task's subgoal dataset: the demos its anticipation model learnt from."""
     from relam.perception.subgoals import SubgoalDataset, subgoal_path
+
+    return SubgoalDataset.load(subgoal_path(cfg.out, task), task)
+
+
+def demo_centroids(cfg, task: str, masks_fn, ds=None) -> np.ndarray:
+    """(P, 2) mean first-frame mask centroid per prompt over the task's subgoal-dataset demos (what the
+    anticipation model learnt from; ``ds``: that dataset, if already loaded), with the masks ``masks_fn`` gives at
+    RL time."""
     from relam.rl.planners import reference_centroids
 
-    ds = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
+    ds = training_demos(cfg, task) if ds is None else ds
     return reference_centroids(masks_fn(frame, {"task_seed": int(seed)})
                                for frame, seed in zip(ds.first_frames, ds.seeds))
 
 
-def demo_mean_x0(cfg, task: str) -> np.ndarray:
-    """(K, 2) mean x^0 over the task's subgoal-dataset demos (what the anticipation model learnt from)."""
-    from relam.perception.subgoals import SubgoalDataset, subgoal_path
-
-    ds = SubgoalDataset.load(subgoal_path(cfg.out, task), task)
+def demo_mean_x0(cfg, task: str, ds=None) -> np.ndarray:
+    """(K, 2) mean x^0 over the task's subgoal-dataset demos (``ds``: that dataset, if already loaded)."""
+    ds = training_demos(cfg, task) if ds is None else ds
     return np.mean([s[0] for s in ds.subgoals], 0)
 
 
