@@ -166,3 +166,27 @@ def test_robot_reference_gives_every_demo_and_the_experts_plans_the_same_arm_poi
     assert np.abs(x0 - x0[:1]).max() < 1e-3 and np.abs(x0[0] - data.robot_reference).max() > 1
     with pytest.raises(ValueError, match="robot_reference is off"):
         subgoals.build_subgoal_dataset(plain, task, progress=False, robot_reference=shifted)
+
+
+def test_expert_planner_warns_once_and_lists_the_states_where_the_expert_fails():
+    """``relam-gt`` has no ground truth where Meta-World's scripted expert fails (door-open task seed 1 000 005, one
+    of Table 4's states, and 3 000 008, a validation state): the plan is the failed rollout's, one warning names the
+    first such state, and ``failed_seeds`` lists every one; states where the expert succeeds are not listed."""
+    import warnings
+
+    from relam.rl.planners import ExpertPlanner
+
+    planner = ExpertPlanner("door-open")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            planner(None, {"task_seed": 1_000_000})
+            assert planner.failed_seeds == set() and not [w for w in seen if "does not succeed" in str(w.message)]
+            failed_plan = planner(None, {"task_seed": 1_000_005})
+            planner(None, {"task_seed": 3_000_008})
+        warned = [str(w.message) for w in seen if "does not succeed" in str(w.message)]
+        assert len(warned) == 1 and "task seed 1000005" in warned[0] and "failed_seeds" in warned[0]
+        assert planner.failed_seeds == {1_000_005, 3_000_008}
+        assert np.isfinite(failed_plan).all() and len(failed_plan) >= 2   # a plan all the same: the state is kept
+    finally:
+        planner.close()

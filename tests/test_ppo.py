@@ -81,6 +81,7 @@ def test_tiny_ppo_run_writes_its_run_directory_and_resumes(tmp_path):
         assert (rd / name).exists(), name
     assert any((rd / "tb").rglob("events.out.tfevents*"))
     assert res["steps"] == 400 and 0.0 <= res["success_rate"] <= 1.0 and 0.0 <= res["last_subgoal_rate"] <= 1.0
+    assert res["expert_failed_seeds"] == []   # relam-gt records the states without a ground-truth plan (none here)
     # the final evaluation is of the saved final model (not of the model before the run's last update)
     from stable_baselines3 import PPO
     from relam.rl.ppo import evaluate, make_env, make_planner
