@@ -397,6 +397,7 @@ class CachedPlanner:
         self.num_keypoints = planner.num_keypoints
         self.generated = getattr(planner, "generated", False)
         self.plan_error = getattr(planner, "plan_error", None)
+        self.failed_seeds = getattr(planner, "failed_seeds", None)   # the expert planner's own set, shared
 
     def lookup(self, info):
         key = None if not info else info.get("task_seed")

@@ -656,7 +656,7 @@ def train_run(cfg, task: str, method: str, seed: int, on_eval=None) -> dict:
                "evals": state["evals"], "seconds_this_session": round(seconds, 1),
                "steps_per_second": round((env_steps(model, p) - start_step) / max(seconds, 1e-9), 1),
                "resumed": resumed, "policy": p.policy}
-    failed = getattr(getattr(planner, "planner", planner), "failed_seeds", None)
+    failed = getattr(planner, "failed_seeds", None)
     if failed is not None:   # relam-gt: states whose expert never succeeded have no ground-truth plan
         results["expert_failed_seeds"] = sorted(failed)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
